@@ -1,0 +1,153 @@
+"""Run-wide configuration: ``[tool.flwr.app.config]`` parsed once into a frozen dataclass.
+
+Flower hands the ServerApp and ClientApp a flat mapping of kebab-case keys with plain
+values. :meth:`RunConfig.from_flower` turns it into a typed, validated object and rejects
+unknown keys and out-of-range values with one clear message, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from common.errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
+ACCOUNTANTS = ("rdp", "prv")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a federated run needs to agree on. Keys are kebab-case in TOML."""
+
+    num_server_rounds: int = 10  # federated rounds
+    model: str = "cnn"  # model registry name (common.models.MODELS)
+    image_size: int = 64  # model input side, pixels (must match preprocessing)
+    local_epochs: int = 1  # passes over the site's training split per round
+    batch_size: int = 32  # expected batch size (Poisson-sampled under DP)
+    learning_rate: float = 0.05  # local SGD learning rate
+    momentum: float = 0.9  # local SGD momentum
+    weight_decay: float = 0.0  # local SGD weight decay
+    strategy: str = "fedavg"  # aggregation strategy
+    proximal_mu: float = 0.01  # FedProx proximal term (strategy = fedprox)
+    server_learning_rate: float = 0.1  # FedAdam eta (strategy = fedadam)
+    trimmed_beta: float = 0.2  # fraction cut at each end (strategy = fedtrimmedavg)
+    fraction_fit: float = 1.0  # fraction of connected sites sampled to train per round
+    fraction_evaluate: float = 1.0  # fraction of sites sampled to evaluate per round
+    min_fit_sites: int = 2  # train a round only once this many sites are sampled
+    min_available_sites: int = 2  # wait for this many connected sites before a round
+    round_timeout_s: float = 600.0  # a round proceeds without sites that have not replied by then
+    max_update_norm: float = 1e4  # replies whose update (new - global) L2 norm exceeds this are dropped
+    dp: bool = True  # sample-level DP-SGD at every site (Opacus)
+    noise_multiplier: float = 0.8  # DP-SGD noise multiplier (ignored when target-epsilon > 0)
+    target_epsilon: float = 0.0  # > 0: plan the noise multiplier to reach this epsilon after all rounds
+    max_grad_norm: float = 1.5  # DP-SGD per-sample clipping norm
+    delta: float = 1e-5  # DP delta
+    accountant: str = "rdp"  # privacy accountant: rdp | prv
+    seed: int = 0  # seed for model init and site sampling
+    val_fraction: float = 0.2  # fraction of each site's data held out for local validation
+
+    def __post_init__(self) -> None:
+        limits = {
+            "num_server_rounds": (1, 10_000),
+            "image_size": (16, 1024),
+            "local_epochs": (1, 1000),
+            "batch_size": (1, 65_536),
+            "learning_rate": (1e-7, 10.0),
+            "momentum": (0.0, 0.999),
+            "weight_decay": (0.0, 1.0),
+            "proximal_mu": (0.0, 100.0),
+            "server_learning_rate": (1e-6, 10.0),
+            "trimmed_beta": (0.0, 0.49),
+            "fraction_fit": (1e-6, 1.0),
+            "fraction_evaluate": (0.0, 1.0),
+            "min_fit_sites": (1, 100_000),
+            "min_available_sites": (1, 100_000),
+            "round_timeout_s": (1.0, 7 * 24 * 3600.0),
+            "max_update_norm": (1e-6, 1e12),
+            "noise_multiplier": (0.0, 100.0),
+            "target_epsilon": (0.0, 1e4),
+            "max_grad_norm": (1e-6, 1e6),
+            "delta": (0.0, 0.1),
+            "seed": (0, 2**31 - 1),
+            "val_fraction": (0.0, 0.9),
+        }
+        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS}
+        for name, (lo, hi) in limits.items():
+            value = getattr(self, name)
+            if not lo <= value <= hi:
+                raise ConfigError(f"{_kebab(name)} = {value!r} is out of range [{lo}, {hi}]")
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{_kebab(name)} = {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.min_fit_sites > self.min_available_sites:
+            raise ConfigError("min-fit-sites cannot exceed min-available-sites")
+        if self.dp and self.delta <= 0:
+            raise ConfigError("delta must be > 0 when dp is on")
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [_kebab(f.name) for f in fields(cls) if f.init]
+
+    @classmethod
+    def from_flower(cls, values: Mapping[str, Any], *, ignore: tuple[str, ...] = ()) -> RunConfig:
+        """Parse a kebab-case mapping (Flower run config); reject unknown keys and bad types."""
+        types = {f.name: f.type for f in fields(cls) if f.init}
+        kwargs: dict[str, Any] = {}
+        unknown = []
+        for key, value in values.items():
+            if key in ignore:
+                continue
+            name = key.replace("-", "_")
+            if name not in types:
+                unknown.append(key)
+                continue
+            kwargs[name] = _coerce(key, value, types[name])
+        if unknown:
+            raise ConfigError(
+                f"unknown run config key(s): {', '.join(sorted(unknown))}; known keys: {', '.join(cls.keys())}"
+            )
+        return cls(**kwargs)
+
+    def to_flower(self) -> dict[str, bool | int | float | str]:
+        return {_kebab(f.name): getattr(self, f.name) for f in fields(self) if f.init}
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    type_name = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if type_name == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if type_name == "int":
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except ValueError:
+            raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return int(as_float)
+    if type_name == "float":
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a number, got {value!r}") from None
+    if type_name == "str":
+        return str(value)
+    raise ConfigError(f"{key}: unsupported type {type_name}")

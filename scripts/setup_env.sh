@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment (.venv) and install ImplantFL into it.
+#
+#   TORCH_SPEC       torch requirement to install first (default: torch==2.13.0, the CPU
+#                    build our machines carry). A GPU site sets e.g. TORCH_SPEC=torch==2.13.0
+#                    and TORCH_INDEX_URL to PyTorch's CUDA wheel index for its CUDA version.
+#   TORCH_INDEX_URL  optional extra index for the torch wheel.
+#   IMPLANTFL_VENV   where the environment lives (default: .venv in the repository).
+#
+# Re-running is cheap: nothing is reinstalled when pyproject.toml has not changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${IMPLANTFL_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+EXTRAS="${1:-dev}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating virtual environment in $VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.implantfl-installed"
+want="$(sha256sum pyproject.toml | cut -c1-16) $TORCH_SPEC $EXTRAS"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  echo "[setup] environment up to date"
+  exit 0
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+echo "[setup] installing $TORCH_SPEC"
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX_URL"
+else
+  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+fi
+echo "[setup] installing implantfl[$EXTRAS] (editable)"
+"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+echo "$want" > "$stamp"
+echo "[setup] done"

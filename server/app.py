@@ -1,0 +1,102 @@
+"""Flower ServerApp: a thin adapter that sets up a run and hands it to :mod:`server.loop`.
+
+``app`` is what ``[tool.flwr.app.components]`` names for deployments; its run config is
+``[tool.flwr.app.config]`` plus the server-only keys ``catalog`` (path to catalog.json)
+and ``checkpoint-dir``. Simulations build their own app with :func:`build_server_app`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from common.catalog import Catalog
+from common.config import RunConfig
+from common.errors import ConfigError
+from common.models import build_model
+from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from server.history import RoundRecord
+from server.loop import EvaluateFn, LoopState, RoundHook, run_rounds
+from server.strategy import build_strategy
+
+logger = logging.getLogger(__name__)
+
+SERVER_KEYS = ("catalog", "checkpoint-dir")
+
+
+@dataclass
+class RunSetup:
+    """Everything the ServerApp needs beyond Flower's context (filled by a simulation)."""
+
+    config: RunConfig | None = None  # None: parse context.run_config
+    catalog: Catalog | None = None  # None: run config key ``catalog``
+    checkpoint_dir: Path | None = None  # None: run config key ``checkpoint-dir`` (or no checkpoints)
+    evaluate_fn: EvaluateFn | None = None  # central evaluation (simulations only: the server has no images)
+    on_round_end: RoundHook | None = None
+    final: LoopState | None = field(default=None, init=False)  # set when the run ends
+
+
+def initial_arrays(cfg: RunConfig, catalog: Catalog) -> ArrayRecord:
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, num_classes=len(catalog), image_size=cfg.image_size)
+    return ArrayRecord(model.state_dict())
+
+
+def _resolve(setup: RunSetup, context: Context) -> tuple[RunConfig, Catalog, Path | None]:
+    run_config = dict(context.run_config)
+    cfg = setup.config or RunConfig.from_flower(run_config, ignore=SERVER_KEYS)
+    catalog = setup.catalog
+    if catalog is None:
+        if "catalog" not in run_config:
+            raise ConfigError("run config needs key 'catalog' (path to the consortium catalog.json)")
+        catalog = Catalog.load(Path(str(run_config["catalog"])))
+    ckpt = setup.checkpoint_dir
+    if ckpt is None and run_config.get("checkpoint-dir"):
+        ckpt = Path(str(run_config["checkpoint-dir"]))
+    return cfg, catalog, ckpt
+
+
+def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
+    """Run (or resume) a federated training and return its final state."""
+    cfg, catalog, ckpt_dir = _resolve(setup, context)
+    meta = {"config": cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint(), "strategy": cfg.strategy}
+    state = LoopState(arrays=initial_arrays(cfg, catalog))
+    previous = load_checkpoint(ckpt_dir) if ckpt_dir else None
+    if previous is not None:
+        if previous.meta.get("catalog-fingerprint") != meta["catalog-fingerprint"]:
+            raise ConfigError("checkpoint was made with another catalog; use a new checkpoint-dir")
+        logger.info("resuming after round %d from checkpoint", previous.round)
+        state = LoopState(arrays=previous.arrays, history=previous.history, start_round=previous.round + 1)
+
+    def on_round_end(record: RoundRecord, arrays: ArrayRecord) -> None:
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, Checkpoint(record.round, arrays, state.history, meta))
+        if setup.on_round_end is not None:
+            setup.on_round_end(record, arrays)
+
+    send_config = {**cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint()}
+    state = run_rounds(
+        grid, build_strategy(cfg), cfg, state,
+        send_config=send_config, evaluate_fn=setup.evaluate_fn, on_round_end=on_round_end,
+    )
+    setup.final = state
+    return state
+
+
+def build_server_app(setup: RunSetup | None = None) -> ServerApp:
+    app = ServerApp()
+    the_setup = setup or RunSetup()
+
+    @app.main()
+    def _main(grid: Grid, context: Context) -> None:
+        run(grid, context, the_setup)
+
+    return app
+
+
+app = build_server_app()

@@ -1,0 +1,94 @@
+"""The federated round loop: sample, send, validate, aggregate, evaluate, checkpoint.
+
+Flower's ``Strategy.start`` runs the rounds itself; ImplantFL needs four things it does
+not do, so the loop is ours and the strategy's ``configure_*``/``aggregate_*`` are
+Flower's: every reply is validated (shapes, finite values, norm bound) before
+aggregation, per-site metrics are kept each round, the run is checkpointed after every
+round, and a restarted run resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from common.config import RunConfig
+from common.weights import record_to_numpy
+from server.history import RoundRecord, RunHistory, weighted_means
+from server.validation import validate_replies
+
+logger = logging.getLogger(__name__)
+
+TRAIN_KEYS = ("train-loss", "train-accuracy")
+EVAL_KEYS = ("val-loss", "val-accuracy")
+
+EvaluateFn = Callable[[int, ArrayRecord], Mapping[str, float]]
+RoundHook = Callable[[RoundRecord, ArrayRecord], None]
+
+
+@dataclass
+class LoopState:
+    arrays: ArrayRecord
+    history: RunHistory = field(default_factory=RunHistory)
+    start_round: int = 1
+
+
+def run_rounds(
+    grid: Grid,
+    strategy: Strategy,
+    cfg: RunConfig,
+    state: LoopState,
+    *,
+    send_config: Mapping[str, Any],
+    evaluate_fn: EvaluateFn | None = None,
+    on_round_end: RoundHook | None = None,
+) -> LoopState:
+    """Run rounds ``state.start_round .. cfg.num_server_rounds``; returns the final state."""
+    arrays = state.arrays
+    for rnd in range(state.start_round, cfg.num_server_rounds + 1):
+        t0 = time.monotonic()
+        record = RoundRecord(round=rnd)
+        logger.info("round %d/%d: training", rnd, cfg.num_server_rounds)
+        replies = grid.send_and_receive(
+            strategy.configure_train(rnd, arrays, ConfigRecord(dict(send_config)), grid), timeout=cfg.round_timeout_s
+        )
+        verdicts = validate_replies(replies, reference=record_to_numpy(arrays), max_update_norm=cfg.max_update_norm)
+        record.add(verdicts, "train")
+        accepted = [v.message for v in verdicts if v.message is not None]
+        if accepted:
+            new_arrays, _ = strategy.aggregate_train(rnd, accepted)
+            if new_arrays is not None:
+                arrays = new_arrays
+        else:
+            logger.warning("round %d: no usable update; the global model is unchanged", rnd)
+        record.aggregate.update(weighted_means(verdicts, TRAIN_KEYS))
+        record.aggregate["sites-used"] = len(accepted)
+
+        if cfg.fraction_evaluate > 0:
+            replies = grid.send_and_receive(
+                strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(send_config)), grid),
+                timeout=cfg.round_timeout_s,
+            )
+            verdicts = validate_replies(replies, reference=None, max_update_norm=cfg.max_update_norm)
+            record.add(verdicts, "val")
+            record.aggregate.update(weighted_means(verdicts, EVAL_KEYS))
+        if evaluate_fn is not None:
+            record.aggregate.update({f"test-{k}": float(v) for k, v in evaluate_fn(rnd, arrays).items()})
+        record.wall_s = time.monotonic() - t0
+        state.history.rounds.append(record)
+        logger.info("round %d done in %.1fs: %s", rnd, record.wall_s, _fmt(record.aggregate))
+        if on_round_end is not None:
+            on_round_end(record, arrays)
+    state.arrays = arrays
+    return state
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in values.items())

@@ -1,0 +1,162 @@
+"""``implantfl-sim``: the researcher's command (synth, run, centralized, compare, privacy-plan)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.errors import ImplantFLError
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="hip-consortium", help="experiment preset (simulations/presets)")
+    p.add_argument("--data", type=Path, help="federation folder (catalog.json, sites/, test/); default: generate the preset's data")
+    p.add_argument("--sites", type=int, help="use only the first N sites")
+    p.add_argument("--model", help="model registry name (cnn, dnn, ...)")
+    p.add_argument("--strategy", help="fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum")
+    p.add_argument("--rounds", type=int, help="federated rounds")
+    p.add_argument("--local-epochs", type=int)
+    p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=None, help="DP-SGD at every site")
+    p.add_argument("--noise-multiplier", type=float)
+    p.add_argument("--target-epsilon", type=float, help="plan the noise multiplier to reach this epsilon")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
+    p.add_argument("--seed", type=int, default=0, help="data-generation seed")
+    p.add_argument("--state-dir", type=Path, help="per-site privacy ledgers (default <out>/state)")
+    p.add_argument("--out", type=Path, help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--json", action="store_true", help="print results.json to stdout, no progress")
+    p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for flag, key in (("model", "model"), ("strategy", "strategy"), ("rounds", "num-server-rounds"),
+                      ("local_epochs", "local-epochs"), ("dp", "dp"), ("noise_multiplier", "noise-multiplier"),
+                      ("target_epsilon", "target-epsilon")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            out[key] = value
+    for item in args.set:
+        if "=" not in item:
+            raise ImplantFLError(f"--set takes KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _options(args: argparse.Namespace, *, baseline: bool):  # noqa: ANN202
+    from simulations.runner import SimOptions
+
+    return SimOptions(preset=args.preset, data=args.data, sites=args.sites, overrides=_overrides(args), seed=args.seed,
+                      state_dir=args.state_dir, out=args.out, baseline=baseline, progress=not args.json, verbose=args.verbose)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from simulations.synth import generate
+
+    info = generate(args.out, preset=args.preset, seed=args.seed, progress=not args.json)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"wrote {info.get('image_count', '?')} images for {len(info.get('sites', []))} sites to {args.out}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from simulations import runner
+    from simulations.summary import print_summary
+
+    opts = _options(args, baseline=not args.no_baseline)
+    results = runner.run(opts)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print_summary(results)
+    return 0
+
+
+def cmd_centralized(args: argparse.Namespace) -> int:
+    from simulations import runner
+    from simulations.centralized import train_centralized
+    from simulations.report import write_results
+
+    prep = runner.prepare(_options(args, baseline=True))
+    data, test = runner.load_all(prep, progress=not args.json)
+    from common.device import pick_device
+
+    res = train_centralized([d.train() for d in data.values()], (test.x, test.y), prep.cfg, prep.fed.catalog.ids,
+                            device=pick_device())
+    results = {"config": {**prep.cfg.to_flower(), "preset": args.preset, "mode": "centralized"}, "final": res.final,
+               "accuracy_per_epoch": res.accuracy_per_epoch, "timing": {"wall_s": res.wall_s}}
+    write_results(prep.out, results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(f"centralised accuracy {res.final['accuracy']:.4f} (macro F1 {res.final['macro_f1']:.4f}) "
+              f"on {res.final['examples']} test images; results in {prep.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from simulations.summary import compare_runs
+
+    rows = compare_runs(args.runs)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        from simulations.summary import print_compare
+
+        print_compare(rows)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="implantfl-sim", description="Simulate an ImplantFL federation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic federation")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--preset", default="hip-consortium")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("run", help="run a simulated federation (Flower simulation engine)")
+    _add_run_flags(p)
+    p.add_argument("--no-baseline", action="store_true", help="skip the pooled baseline")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("centralized", help="pooled baseline on the same split")
+    _add_run_flags(p)
+    p.set_defaults(func=cmd_centralized)
+
+    p = sub.add_parser("compare", help="side-by-side table of runs")
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    try:
+        from simulations import privacy_plan_cli
+
+        privacy_plan_cli.add_parser(sub)
+    except ImportError:  # pragma: no cover - module lands with the privacy work
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ImplantFLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""``implantfl-sim run``: a simulated federation on Flower's simulation engine (Ray).
+
+Steps: validate the configuration, get the data (generate the preset's synthetic
+federation, or open ``--data``), preprocess every site once into its cache, run the
+ServerApp and one ClientApp per site through ``flwr.simulation.run_simulation``,
+evaluate the final global model on the held-out test set, optionally train the pooled
+baseline, then write the run directory (results.json, release/, plots/, report.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from common.config import RunConfig
+from common.device import pick_device
+from common.errors import ConfigError
+from common.preprocess_params import PreprocessParams
+from simulations.federation import Federation, default_cache_root, ensure_synthetic, simulated_sites
+from simulations.presets import load_preset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    preset: str = "hip-consortium"
+    data: Path | None = None  # federation folder; None = the preset's generated data
+    sites: int | None = None  # use only the first N sites
+    overrides: dict[str, Any] = field(default_factory=dict)  # run-config keys (kebab-case)
+    seed: int = 0  # data-generation seed (run seed is run-config key ``seed``)
+    state_dir: Path | None = None  # per-site privacy ledgers; default <out>/state
+    out: Path | None = None  # run directory; default runs/<preset>-<timestamp>
+    baseline: bool = True  # also train the pooled, non-private baseline
+    progress: bool = True
+    verbose: bool = False
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    fed: Federation
+    out: Path
+    state_dir: Path
+    cache_dir: Path
+    params: PreprocessParams
+    site_names: list[str]
+    timing: dict[str, float]
+
+
+def prepare(opts: SimOptions) -> Prepared:
+    """Validate everything and get the data; no training yet."""
+    timing: dict[str, float] = {}
+    preset = load_preset(opts.preset)
+    cfg = preset.run_config(**opts.overrides)
+    out = opts.out or Path("runs") / f"{opts.preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    t0 = time.monotonic()
+    root = opts.data or ensure_synthetic(preset.synth_preset, opts.seed, progress=opts.progress)
+    timing["generate_s"] = time.monotonic() - t0
+    fed = Federation.open(Path(root))
+    names = list(fed.site_dirs)
+    if opts.sites is not None:
+        if not 1 <= opts.sites <= len(names):
+            raise ConfigError(f"--sites must be between 1 and {len(names)}")
+        names = names[: opts.sites]
+    n = len(names)
+    if cfg.min_available_sites > n or cfg.min_fit_sites > n:
+        cfg = cfg.replace(min_available_sites=min(cfg.min_available_sites, n), min_fit_sites=min(cfg.min_fit_sites, n))
+    key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    return Prepared(
+        cfg=cfg, fed=fed, out=out, state_dir=opts.state_dir or out / "state",
+        cache_dir=default_cache_root() / "preprocessed" / key, params=PreprocessParams(image_size=cfg.image_size),
+        site_names=names, timing=timing,
+    )
+
+
+def load_all(prep: Prepared, *, progress: bool) -> tuple[dict[str, Any], Any]:
+    """Preprocess (or load from cache) every site and the test set."""
+    from client.site_data import load_site
+
+    t0 = time.monotonic()
+    data = {}
+    for name in prep.site_names:
+        data[name] = load_site(
+            prep.fed.site_dirs[name], catalog=prep.fed.catalog, params=prep.params,
+            cache_dir=prep.cache_dir / name, val_fraction=prep.cfg.val_fraction, progress=progress,
+        )
+    if prep.fed.test_dir is None:
+        raise ConfigError("the federation has no test/ folder for the global evaluation")
+    test = load_site(prep.fed.test_dir, catalog=prep.fed.catalog, params=prep.params,
+                     cache_dir=prep.cache_dir / "_test", val_fraction=0.0, progress=progress)
+    prep.timing["preprocess_s"] = time.monotonic() - t0
+    return data, test
+
+
+def run(opts: SimOptions) -> dict[str, Any]:
+    """Run the whole job and write the run directory; returns results.json's content."""
+    import torch
+
+    t_start = time.monotonic()
+    prep = prepare(opts)
+    data, test = load_all(prep, progress=opts.progress)
+    sites = simulated_sites(prep.fed, state_dir=prep.state_dir, cache_dir=prep.cache_dir, params=prep.params, names=prep.site_names)
+    device = pick_device()
+    torch.set_num_threads(1)
+    x_test, y_test = test.x, test.y
+
+    from client.train import evaluate
+    from common.models import build_model
+    from common.weights import load_record
+
+    def evaluate_fn(_rnd: int, arrays: Any) -> dict[str, float]:
+        model = build_model(prep.cfg.model, num_classes=len(prep.fed.catalog), image_size=prep.cfg.image_size)
+        load_record(model, arrays)
+        res = evaluate(model, x_test, y_test, device=device)
+        return {"accuracy": res.accuracy, "loss": res.loss}
+
+    final_state = _simulate(prep, sites, evaluate_fn, opts)
+    prep.timing["federation_s"] = final_state[1]
+    state = final_state[0]
+
+    from common.metrics import classification_summary
+
+    model = build_model(prep.cfg.model, num_classes=len(prep.fed.catalog), image_size=prep.cfg.image_size)
+    load_record(model, state.arrays)
+    res = evaluate(model, x_test, y_test, device=device)
+    final = classification_summary(res.labels, res.probs, prep.fed.catalog.ids)
+
+    results: dict[str, Any] = {
+        "out": str(prep.out),
+        "config": {**prep.cfg.to_flower(), "preset": opts.preset, "data": str(prep.fed.root), "sites": prep.site_names},
+        "sites": {n: {"kind": prep.fed.kinds().get(n, ""), "train": int((~d.is_val).sum()), "val": int(d.is_val.sum()),
+                      "qc": d.report.to_dict()} for n, d in data.items()},
+        "rounds": state.history.to_list(),
+        "final": final,
+    }
+    if prep.cfg.dp:
+        results["privacy"] = privacy_summary(state.history.to_list(), prep.cfg)
+    if opts.baseline:
+        from simulations.centralized import train_centralized
+
+        base = train_centralized([d.train() for d in data.values()], (x_test, y_test), prep.cfg, prep.fed.catalog.ids, device=device)
+        prep.timing["baseline_s"] = base.wall_s
+        results["baseline"] = {"centralized": {"final": base.final, "accuracy_per_epoch": base.accuracy_per_epoch,
+                                               "train_examples": base.train_examples, "dp": False}}
+    prep.timing["wall_s"] = time.monotonic() - t_start
+    results["timing"] = prep.timing
+    write_outputs(prep, state.arrays, results)
+    return results
+
+
+def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -> tuple[Any, float]:
+    from flwr.simulation import run_simulation
+
+    from client.app import build_client_app
+    from server.app import RunSetup, build_server_app
+
+    progress_ctx = _round_progress(prep.cfg.num_server_rounds) if opts.progress else nullcontext(None)
+    with progress_ctx as bar:
+        setup = RunSetup(
+            config=prep.cfg, catalog=prep.fed.catalog, checkpoint_dir=prep.out / "checkpoint",
+            evaluate_fn=evaluate_fn, on_round_end=(lambda rec, _a: bar(rec)) if bar else None,
+        )
+        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.5 if pick_device().type == "cuda" else 0.0},
+                   "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "logging_level": "error",
+                                 "log_to_driver": opts.verbose}}
+        flwr_logger = logging.getLogger("flwr")
+        old = flwr_logger.level
+        if not opts.verbose:
+            flwr_logger.setLevel(logging.WARNING)
+        t0 = time.monotonic()
+        try:
+            run_simulation(server_app=build_server_app(setup), client_app=build_client_app(sites),
+                           num_supernodes=len(sites), backend_config=backend)
+        finally:
+            flwr_logger.setLevel(old)
+    if setup.final is None:
+        raise RuntimeError("the simulated federation ended without a result; rerun with --verbose for Flower's logs")
+    return setup.final, time.monotonic() - t0
+
+
+def _round_progress(total: int):  # noqa: ANN202
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def ctx():  # noqa: ANN202
+        with Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False) as prog:
+            task = prog.add_task("rounds", total=total, info="")
+
+            def update(rec: Any) -> None:
+                agg = rec.aggregate
+                info = f"test acc {agg.get('test-accuracy', float('nan')):.3f}  sites {int(agg.get('sites-used', 0))}"
+                prog.update(task, advance=1, info=info)
+
+            yield update
+
+    return ctx()
+
+
+def privacy_summary(rounds: list[dict[str, Any]], cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """Per-site privacy section of results.json, from the sites' own per-round reports."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rounds:
+        for site, m in r["sites"].items():
+            p = out.setdefault(site, {"epsilon": 0.0, "epsilon_run": 0.0, "delta": cfg.delta, "noise_multiplier": 0.0,
+                                      "sample_rate": 0.0, "steps": 0, "rounds_refused": 0, "accountant": cfg.accountant})
+            if m.get("status") in ("policy-refused", "budget-exhausted"):
+                p["rounds_refused"] += 1
+                p["refusal"] = m.get("reason", "")
+                continue
+            if m.get("status") != "ok":
+                continue
+            p["epsilon"] = max(p["epsilon"], float(m.get("epsilon", 0.0)))
+            p["epsilon_run"] = max(p["epsilon_run"], float(m.get("epsilon-run", 0.0)))
+            p["noise_multiplier"] = float(m.get("noise-multiplier", p["noise_multiplier"]))
+            p["sample_rate"] = float(m.get("sample-rate", p["sample_rate"]))
+            p["steps"] += int(m.get("dp-steps", 0))
+    return out
+
+
+def write_outputs(prep: Prepared, arrays: Any, results: dict[str, Any]) -> None:
+    from server.release import write_release
+    from simulations.report import write_plots, write_report, write_results
+
+    write_results(prep.out, results)
+    write_release(prep.out / "release", arrays=arrays, config=prep.cfg, catalog=prep.fed.catalog,
+                  preprocess=prep.params, summary=results)
+    write_plots(prep.out, results)
+    write_report(prep.out, results)

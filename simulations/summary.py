@@ -1,0 +1,85 @@
+"""Human-readable summaries of runs: the end-of-run summary and ``compare``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.errors import InvalidInputError
+
+
+def print_summary(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    final = results["final"]
+    base = results.get("baseline", {}).get("centralized", {}).get("final")
+    table = Table(title="ImplantFL run summary", show_header=True)
+    table.add_column("")
+    table.add_column("top-1 accuracy", justify="right")
+    table.add_column("top-3 accuracy", justify="right")
+    table.add_column("macro F1", justify="right")
+    dp = "DP-SGD" if results["config"].get("dp") else "no DP"
+    table.add_row(f"federated ({dp}, {len(results['config'].get('sites', []))} sites)", f"{final['accuracy']:.4f}",
+                  f"{final['top3_accuracy']:.4f}", f"{final['macro_f1']:.4f}")
+    if base:
+        table.add_row("centralised baseline (pooled, no DP)", f"{base['accuracy']:.4f}", f"{base['top3_accuracy']:.4f}",
+                      f"{base['macro_f1']:.4f}")
+    console.print(table)
+    if base and base["accuracy"] > 0:
+        console.print(f"federated / centralised accuracy: [bold]{final['accuracy'] / base['accuracy']:.3f}[/bold]")
+    privacy = results.get("privacy")
+    if privacy:
+        pt = Table(title="Privacy spent per site (cumulative at the site)")
+        for col in ("site", "epsilon", "delta", "noise multiplier", "steps", "rounds refused"):
+            pt.add_column(col, justify="right" if col != "site" else "left")
+        for site, p in privacy.items():
+            pt.add_row(site, f"{p['epsilon']:.2f}", f"{p['delta']:g}", f"{p['noise_multiplier']:.3f}", str(p["steps"]),
+                       str(p["rounds_refused"]))
+        console.print(pt)
+    timing = results.get("timing", {})
+    console.print(f"wall time {timing.get('wall_s', math.nan):.1f} s "
+                  f"(federation {timing.get('federation_s', math.nan):.1f} s); results in [bold]{results.get('out', '')}[/bold]"
+                  " (results.json, report.md, plots/, release/)")
+
+
+def compare_runs(runs: list[Path]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        path = run / "results.json" if run.is_dir() else run
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InvalidInputError(f"{run.name}: no readable results.json ({type(e).__name__})") from e
+        cfg = res.get("config", {})
+        privacy = res.get("privacy", {})
+        rows.append({
+            "run": run.name,
+            "preset": cfg.get("preset", ""),
+            "mode": cfg.get("mode", "federated"),
+            "model": cfg.get("model", ""),
+            "strategy": cfg.get("strategy", ""),
+            "dp": bool(cfg.get("dp", False)),
+            "rounds": cfg.get("num-server-rounds"),
+            "accuracy": res.get("final", {}).get("accuracy"),
+            "macro_f1": res.get("final", {}).get("macro_f1"),
+            "max_epsilon": max((p["epsilon"] for p in privacy.values()), default=None),
+            "wall_s": res.get("timing", {}).get("wall_s"),
+        })
+    return rows
+
+
+def print_compare(rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Runs side by side")
+    cols = ["run", "preset", "mode", "model", "strategy", "dp", "rounds", "accuracy", "macro_f1", "max_epsilon", "wall_s"]
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+    Console().print(table)
