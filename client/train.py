@@ -34,6 +34,7 @@ class TrainSettings:
     max_grad_norm: float = 1.0  # DP per-sample clipping norm
     proximal_mu: float = 0.0  # FedProx proximal term; 0 = off
     grad_sample_mode: str = "hooks"  # Opacus per-sample gradient mode
+    poisson_sampling: bool = True  # DP batches by Poisson sampling (what the accountant assumes)
     augment: bool = True  # random left/right flips (a per-sample transform, DP-safe)
     seed: int = 0
 
@@ -98,7 +99,7 @@ def train_local(
                 data_loader=loader,
                 noise_multiplier=settings.noise_multiplier,
                 max_grad_norm=settings.max_grad_norm,
-                poisson_sampling=True,
+                poisson_sampling=settings.poisson_sampling,
                 grad_sample_mode=settings.grad_sample_mode,
             )
         sample_rate = 1.0 / len(loader)

@@ -25,14 +25,23 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "[setup] environment up to date"
   exit 0
 fi
-"$VENV/bin/python" -m pip install -q --upgrade pip
+log="$VENV/pip-install.log"
+pip_install() {
+  # pip's output goes to a log; shown only if the install fails.
+  if ! "$VENV/bin/python" -m pip install --disable-pip-version-check "$@" >>"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    echo "[setup] pip install failed; full log in $log" >&2
+    exit 1
+  fi
+}
+: >"$log"
 echo "[setup] installing $TORCH_SPEC"
 if [ -n "${TORCH_INDEX_URL:-}" ]; then
-  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX_URL"
+  pip_install "$TORCH_SPEC" --extra-index-url "$TORCH_INDEX_URL"
 else
-  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC"
+  pip_install "$TORCH_SPEC"
 fi
-echo "[setup] installing implantfl[$EXTRAS] (editable)"
-"$VENV/bin/python" -m pip install -q -e ".[$EXTRAS]"
+echo "[setup] installing implantfl[$EXTRAS] and its dependencies (editable)"
+pip_install -e ".[$EXTRAS]"
 echo "$want" > "$stamp"
 echo "[setup] done"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord
+from flwr.app import Array, ArrayRecord
 
 from common.errors import InvalidInputError
 from server.history import RunHistory
@@ -56,7 +56,7 @@ def load_checkpoint(directory: Path) -> Checkpoint | None:
     try:
         state = json.loads((directory / STATE).read_text())
         with np.load(directory / WEIGHTS) as npz:
-            arrays = ArrayRecord({k: npz[k] for k in npz.files})
+            arrays = ArrayRecord({k: Array(npz[k]) for k in npz.files})
     except (OSError, ValueError, KeyError) as e:
         raise InvalidInputError(f"checkpoint cannot be read: {type(e).__name__}") from e
     return Checkpoint(int(state["round"]), arrays, RunHistory.from_list(state["history"]), dict(state["meta"]))

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up the environment and run the whole test suite (unit, integration and the slow
+# tests that start real Flower processes). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+exec .venv/bin/python -m pytest "$@"

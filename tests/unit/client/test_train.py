@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+import torch
+
+from client.train import TrainSettings, evaluate, train_local
+from common.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def _data(n=48, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    x = rng.normal(0, 0.1, (n, 1, 32, 32)).astype(np.float32)
+    for i, label in enumerate(y):  # a learnable signal: a bright square whose place is the class
+        x[i, 0, 4 + 8 * label : 10 + 8 * label, 8:20] += 1.0
+    return x, y
+
+
+def _fresh(name="cnn"):
+    torch.manual_seed(0)
+    return build_model(name, num_classes=3, image_size=32)
+
+
+def test_dp_with_zero_noise_and_huge_clipping_equals_plain_training():
+    # Prepare: identical models, identical (non-Poisson) batches, no augmentation
+    x, y = _data()
+    plain, private = _fresh(), _fresh()
+    common = dict(epochs=1, batch_size=16, learning_rate=0.1, momentum=0.0, augment=False, seed=1)
+    # Execute
+    train_local(plain, x, y, TrainSettings(dp=False, **common), device=CPU)
+    train_local(private, x, y, TrainSettings(dp=True, noise_multiplier=0.0, max_grad_norm=1e6,
+                                             poisson_sampling=False, **common), device=CPU)
+    # Assert
+    for (k, a), b in zip(plain.state_dict().items(), private.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_dp_noise_changes_the_result_and_is_reported():
+    x, y = _data()
+    a, b = _fresh(), _fresh()
+    res = train_local(a, x, y, TrainSettings(dp=True, noise_multiplier=1.0, batch_size=16), device=CPU)
+    train_local(b, x, y, TrainSettings(dp=False, batch_size=16), device=CPU)
+    assert res.sample_rate == pytest.approx(1 / 3)
+    assert res.steps == 3 and res.noise_multiplier == 1.0
+    assert any(not torch.allclose(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_seeded_plain_training_is_deterministic():
+    x, y = _data()
+    a, b = _fresh(), _fresh()
+    train_local(a, x, y, TrainSettings(seed=5), device=CPU)
+    train_local(b, x, y, TrainSettings(seed=5), device=CPU)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_dp_trained_weights_load_into_a_plain_model():
+    x, y = _data()
+    model = _fresh()
+    train_local(model, x, y, TrainSettings(dp=True, batch_size=16), device=CPU)
+    state = model.state_dict()
+    assert not any(k.startswith("_module.") for k in state)
+    _fresh().load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("name", ["cnn", "dnn"])
+def test_training_learns_a_simple_signal(name):
+    x, y = _data(n=96)
+    model = _fresh(name)
+    before = evaluate(model, x, y, device=CPU).loss
+    train_local(model, x, y, TrainSettings(epochs=8, batch_size=16, learning_rate=0.05), device=CPU)
+    after = evaluate(model, x, y, device=CPU)
+    assert after.loss < before
+    assert after.accuracy > 0.8
