@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ImplantFLError
+from simulations import privacy_plan_cli
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -138,12 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_compare)
 
-    try:
-        from simulations import privacy_plan_cli
-
-        privacy_plan_cli.add_parser(sub)
-    except ImportError:  # pragma: no cover - module lands with the privacy work
-        pass
+    privacy_plan_cli.add_parser(sub)
     return parser
 
 
