@@ -127,6 +127,7 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
         epochs=cfg.local_epochs, batch_size=batch, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, dp=cfg.dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
         proximal_mu=proximal_mu, seed=cfg.seed * 100_003 + server_round,
+        loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
     )
     result = train_local(model, x, y, settings, device=device)
     eps_cum = eps_run = 0.0

@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from client.losses import make_loss
+
 logger = logging.getLogger(__name__)
 
 
@@ -37,6 +39,9 @@ class TrainSettings:
     poisson_sampling: bool = True  # DP batches by Poisson sampling (what the accountant assumes)
     augment: bool = True  # random left/right flips (a per-sample transform, DP-safe)
     seed: int = 0
+    loss: str = "ce"  # local loss: ce | fedrs | logit-adjust | class-balanced (client.losses)
+    fedrs_alpha: float = 0.5  # FedRS scale of absent classes' logits (loss = fedrs; 1 = ce)
+    logit_tau: float = 1.0  # logit-adjustment strength (loss = logit-adjust)
 
 
 @dataclass(frozen=True)
@@ -103,7 +108,7 @@ def train_local(
                 grad_sample_mode=settings.grad_sample_mode,
             )
         sample_rate = 1.0 / len(loader)
-    criterion = nn.CrossEntropyLoss()
+    criterion = make_loss(settings.loss, y, fedrs_alpha=settings.fedrs_alpha, logit_tau=settings.logit_tau)
     flip_gen = torch.Generator().manual_seed(settings.seed + 1)
     steps, loss_sum, correct, seen = 0, 0.0, 0, 0
     for epoch in range(settings.epochs):
@@ -136,7 +141,7 @@ def train_local(
         if on_epoch is not None:
             on_epoch(epoch, loss_sum / max(seen, 1))
     if settings.dp:
-        _strip_opacus(model)
+        net.cleanup()  # removes Opacus' hooks and per-sample gradients; the model can be made private again
     loss_mean = loss_sum / max(seen, 1)
     if not math.isfinite(loss_mean):
         logger.warning("training loss is not finite; the update will likely be rejected by the server")
@@ -148,14 +153,6 @@ def train_local(
         sample_rate=sample_rate,
         noise_multiplier=settings.noise_multiplier if settings.dp else 0.0,
     )
-
-
-def _strip_opacus(model: nn.Module) -> None:
-    """Remove Opacus' per-sample gradient attributes so the plain model stays light."""
-    for p in model.parameters():
-        for attr in ("grad_sample", "summed_grad"):
-            if hasattr(p, attr):
-                delattr(p, attr)
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from common.errors import ConfigError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("rdp", "prv")
+LOSSES = ("ce", "fedrs", "logit-adjust", "class-balanced")  # client.losses (common cannot import client)
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class RunConfig:
     max_grad_norm: float = 1.5  # DP-SGD per-sample clipping norm
     delta: float = 1e-5  # DP delta
     accountant: str = "rdp"  # privacy accountant: rdp | prv
+    local_loss: str = "ce"  # local loss: ce | fedrs | logit-adjust | class-balanced (label-skew methods)
+    fedrs_alpha: float = 0.5  # FedRS: scale of logits of classes absent at the site (1 = plain CE)
+    logit_adjust_tau: float = 1.0  # logit adjustment strength (local-loss = logit-adjust)
     seed: int = 0  # seed for model init and site sampling
     val_fraction: float = 0.2  # fraction of each site's data held out for local validation
 
@@ -72,9 +76,11 @@ class RunConfig:
             "max_grad_norm": (1e-6, 1e6),
             "delta": (0.0, 0.1),
             "seed": (0, 2**31 - 1),
+            "fedrs_alpha": (0.0, 1.0),
+            "logit_adjust_tau": (0.0, 10.0),
             "val_fraction": (0.0, 0.9),
         }
-        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS}
+        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if not lo <= value <= hi:

@@ -61,6 +61,8 @@ def prepare(opts: SimOptions) -> Prepared:
     preset = load_preset(opts.preset)
     cfg = preset.run_config(**opts.overrides)
     out = opts.out or Path("runs") / f"{opts.preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    if (out / "results.json").exists():
+        raise ConfigError(f"{out} already holds a finished run; choose another --out")
     t0 = time.monotonic()
     root = opts.data or ensure_synthetic(preset.synth_preset, opts.seed, progress=opts.progress)
     timing["generate_s"] = time.monotonic() - t0

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from torch import nn
 
 from common.errors import ConfigError
+from common.models import zoo
 from common.models.cnn import CNNConfig, ImplantCNN
 from common.models.dnn import DNNConfig, ImplantDNN
 
@@ -18,6 +19,15 @@ Builder = Callable[[int, int], nn.Module]
 MODELS: dict[str, Builder] = {
     "cnn": lambda n, s: ImplantCNN(CNNConfig(num_classes=n, image_size=s)),
     "dnn": lambda n, s: ImplantDNN(DNNConfig(num_classes=n, image_size=s)),
+    # MONAI backbones with GroupNorm, the attention-guided fusion network and the
+    # probability-averaging ensemble (common.models.zoo; MONAI is imported on first build).
+    "resnet18": zoo.resnet18,
+    "resnet50": zoo.resnet50,
+    "densenet121": zoo.densenet121,
+    "densenet169": zoo.densenet169,
+    "fusion": zoo.fusion,
+    "ensemble": zoo.ensemble,
+    "ensemble-mura": zoo.ensemble_mura,
 }
 
 
