@@ -16,6 +16,10 @@ from simulations import privacy_plan_cli
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="hip-consortium", help="experiment preset (simulations/presets)")
     p.add_argument("--data", type=Path, help="federation folder (catalog.json, sites/, test/); default: generate the preset's data")
+    p.add_argument("--dataset", metavar="KIND:PATH", help="public data as downloaded: folder:, csv:, kaggle-hip:, mura:")
+    p.add_argument("--partition", metavar="SPEC", help="with --dataset: iid:sites=4, dirichlet:sites=4,alpha=0.5, "
+                   "quantity:sites=4,beta=0.5, manufacturer, site")
+    p.add_argument("--body-part", help="with --dataset mura:...: keep one body part (e.g. XR_WRIST)")
     p.add_argument("--sites", type=int, help="use only the first N sites")
     p.add_argument("--model", help="model registry name (cnn, dnn, ...)")
     p.add_argument("--strategy", help="fedavg, fedprox, fedadam, fedmedian, fedtrimmedavg, krum")
@@ -51,7 +55,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _options(args: argparse.Namespace, *, baseline: bool):  # noqa: ANN202
     from simulations.runner import SimOptions
 
-    return SimOptions(preset=args.preset, data=args.data, sites=args.sites, overrides=_overrides(args), seed=args.seed,
+    return SimOptions(preset=args.preset, data=args.data, dataset=args.dataset, partition=args.partition,
+                      body_part=args.body_part, sites=args.sites, overrides=_overrides(args), seed=args.seed,
                       state_dir=args.state_dir, out=args.out, baseline=baseline, progress=not args.json, verbose=args.verbose)
 
 

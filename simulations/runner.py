@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 class SimOptions:
     preset: str = "hip-consortium"
     data: Path | None = None  # federation folder; None = the preset's generated data
+    dataset: str | None = None  # KIND:PATH public dataset as downloaded (simulations.datasets)
+    partition: str | None = None  # partition spec for --dataset (simulations.partition)
+    body_part: str | None = None  # MURA body-part filter
     sites: int | None = None  # use only the first N sites
     overrides: dict[str, Any] = field(default_factory=dict)  # run-config keys (kebab-case)
     seed: int = 0  # data-generation seed (run seed is run-config key ``seed``)
@@ -64,7 +67,12 @@ def prepare(opts: SimOptions) -> Prepared:
     if (out / "results.json").exists():
         raise ConfigError(f"{out} already holds a finished run; choose another --out")
     t0 = time.monotonic()
-    root = opts.data or ensure_synthetic(preset.synth_preset, opts.seed, progress=opts.progress)
+    if opts.data and opts.dataset:
+        raise ConfigError("give either --data or --dataset, not both")
+    if opts.dataset:
+        root = federation_from_dataset(opts)
+    else:
+        root = opts.data or ensure_synthetic(preset.synth_preset, opts.seed, progress=opts.progress)
     timing["generate_s"] = time.monotonic() - t0
     fed = Federation.open(Path(root))
     names = list(fed.site_dirs)
@@ -81,6 +89,19 @@ def prepare(opts: SimOptions) -> Prepared:
         cache_dir=default_cache_root() / "preprocessed" / key, params=PreprocessParams(image_size=cfg.image_size),
         site_names=names, timing=timing,
     )
+
+
+def federation_from_dataset(opts: SimOptions) -> Path:
+    """Link a public dataset (as downloaded) into a federation folder named by its settings."""
+    from simulations.datasets import build_federation
+
+    partition = opts.partition or "dirichlet:sites=4,alpha=0.5"
+    key = hashlib.sha256(f"{opts.dataset}|{partition}|{opts.body_part}|{opts.seed}".encode()).hexdigest()[:12]
+    root, part, index = build_federation(opts.dataset, default_cache_root() / "datasets" / key, partition,
+                                         seed=opts.seed, body_part=opts.body_part, overwrite=True)
+    if opts.progress:
+        part.show(index.labels(), index.catalog.ids)
+    return Path(root)
 
 
 def load_all(prep: Prepared, *, progress: bool) -> tuple[dict[str, Any], Any]:
