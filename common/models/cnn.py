@@ -1,7 +1,7 @@
 """The convolutional network of the hip-implant study, made DP-ready.
 
-Convolution blocks (conv -> GroupNorm -> ReLU -> max-pool -> dropout) followed by a
-small classifier head. GroupNorm instead of BatchNorm so that per-sample gradients are
+Convolution blocks (conv -> GroupNorm -> ReLU -> max-pool, optional dropout) followed by
+a small classifier head with dropout. GroupNorm instead of BatchNorm so that per-sample gradients are
 well defined and Opacus accepts the model as built.
 """
 
@@ -19,7 +19,8 @@ class CNNConfig:
     image_size: int = 64  # input side in pixels (1 channel)
     channels: tuple[int, ...] = (16, 32, 64, 64)  # output channels of each conv block
     groups: int = 8  # GroupNorm groups (each block's channels must divide by it)
-    dropout: float = 0.2  # dropout after each block and before the head
+    block_dropout: float = 0.0  # dropout after each conv block (measured: > 0 stalls SGD on 1.3k images)
+    dropout: float = 0.2  # dropout before the last layer
     hidden: int = 128  # width of the fully connected layer
 
 
@@ -42,7 +43,7 @@ class ImplantCNN(nn.Module):
             raise ValueError("image_size must be divisible by 2**len(channels)")
         layers, c_in = [], 1
         for c_out in cfg.channels:
-            layers.append(_block(c_in, c_out, cfg.groups, cfg.dropout))
+            layers.append(_block(c_in, c_out, cfg.groups, cfg.block_dropout))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(2)
@@ -55,6 +56,8 @@ class ImplantCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Per-image standardisation: exposure differences between sites do not reach the filters.
+        x = (x - x.mean(dim=(1, 2, 3), keepdim=True)) / x.std(dim=(1, 2, 3), keepdim=True).clamp_min(1e-3)
         return self.head(self.pool(self.features(x)))
 
     @property
