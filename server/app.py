@@ -52,7 +52,7 @@ def _resolve(setup: RunSetup, context: Context) -> tuple[RunConfig, Catalog, Pat
     cfg = setup.config or RunConfig.from_flower(run_config, ignore=SERVER_KEYS)
     catalog = setup.catalog
     if catalog is None:
-        if "catalog" not in run_config:
+        if not run_config.get("catalog"):  # absent, or pyproject's empty default
             raise ConfigError("run config needs key 'catalog' (path to the consortium catalog.json)")
         catalog = Catalog.load(Path(str(run_config["catalog"])))
     ckpt = setup.checkpoint_dir

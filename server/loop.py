@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
+from common.errors import ImplantFLError
 from common.weights import record_to_numpy
 from server.history import RoundRecord, RunHistory, weighted_means
 from server.validation import validate_replies
@@ -53,6 +54,7 @@ def run_rounds(
     """Run rounds ``state.start_round .. cfg.num_server_rounds``; returns the final state."""
     arrays = state.arrays
     for rnd in range(state.start_round, cfg.num_server_rounds + 1):
+        wait_for_sites(grid, cfg.min_available_sites, timeout_s=cfg.round_timeout_s)
         t0 = time.monotonic()
         record = RoundRecord(round=rnd)
         logger.info("round %d/%d: training", rnd, cfg.num_server_rounds)
@@ -88,6 +90,21 @@ def run_rounds(
             on_round_end(record, arrays)
     state.arrays = arrays
     return state
+
+
+def wait_for_sites(grid: Grid, minimum: int, *, timeout_s: float, poll_s: float = 1.0) -> None:
+    """Wait until ``minimum`` sites are connected; stop the run after ``timeout_s`` instead of hanging.
+
+    Flower's strategies wait for ``min_available_nodes`` without a time limit, so a
+    federation that lost too many sites would otherwise wait forever.
+    """
+    deadline = time.monotonic() + timeout_s
+    while len(list(grid.get_node_ids())) < minimum:
+        if time.monotonic() > deadline:
+            raise ImplantFLError(
+                f"fewer than {minimum} sites connected after {timeout_s:.0f} s (min-available-sites); run stopped"
+            )
+        time.sleep(poll_s)
 
 
 def _fmt(values: Mapping[str, float]) -> str:

@@ -1,0 +1,1 @@
+"""Deployment helpers for the consortium server: pilot PKI, SuperLink process, flwr CLI."""

@@ -1,0 +1,112 @@
+"""What the operator sees: a run's progress read from its checkpoint's ``state.json``.
+
+The ServerApp (``server.checkpoint``) rewrites ``state.json`` after every round, so this
+works while the run is going, after it ended, and without a SuperLink.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from common.errors import InvalidInputError
+from server.checkpoint import STATE
+
+# Per-site values worth showing (training and validation metrics the ClientApp reports).
+SITE_KEYS = ("status", "reason", "train-examples", "train-loss", "train-accuracy", "val-examples",
+             "val-loss", "val-accuracy", "epsilon", "noise-multiplier")
+
+
+def read_state(checkpoint_dir: Path) -> dict[str, Any] | None:
+    """The raw ``state.json`` of a checkpoint folder, or None if no round finished yet."""
+    path = checkpoint_dir / STATE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidInputError(f"{path} cannot be read: {type(e).__name__}") from e
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} is not a checkpoint state")
+    return data
+
+
+def summarize(state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Rounds done, sites seen, each site's latest metrics and cumulative epsilon.
+
+    Returns the ``status --json`` payload: ``rounds_done``, ``num_server_rounds``,
+    ``finished``, ``sites`` (name -> ``rounds``, ``last_round``, ``status``, metrics,
+    ``epsilon``), ``aggregate`` (last round's weighted means), ``epsilon`` (site ->
+    cumulative epsilon) and ``rounds`` (per-round aggregate and wall time).
+    """
+    if not state:
+        return {"rounds_done": 0, "num_server_rounds": None, "finished": False, "sites": {}, "aggregate": {},
+                "epsilon": {}, "rounds": []}
+    history = list(state.get("history", []))
+    config = dict(state.get("meta", {}).get("config", {}))
+    total = config.get("num-server-rounds")
+    sites: dict[str, dict[str, Any]] = {}
+    for record in history:
+        for name, entry in record.get("sites", {}).items():
+            site = sites.setdefault(name, {"rounds": 0, "rounds_used": 0})
+            site["rounds"] += 1
+            site["last_round"] = int(record["round"])
+            if entry.get("status") == "ok":
+                site["rounds_used"] += 1
+            for key in SITE_KEYS:
+                if key in entry:
+                    site[key] = entry[key]
+    epsilon = {name: float(s["epsilon"]) for name, s in sites.items() if "epsilon" in s}
+    rounds_done = int(state.get("round", len(history)))
+    return {
+        "rounds_done": rounds_done,
+        "num_server_rounds": total,
+        "finished": total is not None and rounds_done >= int(total),
+        "strategy": state.get("meta", {}).get("strategy"),
+        "catalog_fingerprint": state.get("meta", {}).get("catalog-fingerprint"),
+        "sites": sites,
+        "aggregate": dict(history[-1].get("aggregate", {})) if history else {},
+        "epsilon": epsilon,
+        "rounds": [{"round": r["round"], "wall_s": r.get("wall_s", 0.0), **r.get("aggregate", {})} for r in history],
+    }
+
+
+def privacy_by_site(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per-site privacy spent, in the shape the model card's table expects."""
+    config = state.get("meta", {}).get("config", {})
+    if not config.get("dp", False):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for record in state.get("history", []):
+        for name, m in record.get("sites", {}).items():
+            if m.get("status") != "ok":
+                continue
+            p = out.setdefault(name, {"epsilon": 0.0, "delta": float(config.get("delta", 0.0)),
+                                      "noise_multiplier": 0.0, "steps": 0})
+            p["epsilon"] = max(p["epsilon"], float(m.get("epsilon", 0.0)))
+            p["noise_multiplier"] = float(m.get("noise-multiplier", p["noise_multiplier"]))
+            p["steps"] += int(m.get("dp-steps", 0))
+    return out
+
+
+def format_text(summary: Mapping[str, Any]) -> str:
+    """A short human-readable report of :func:`summarize`."""
+    total = summary.get("num_server_rounds")
+    lines = [f"rounds done: {summary['rounds_done']}/{total if total is not None else '?'}"
+             + ("  (finished)" if summary.get("finished") else "")]
+    agg = summary.get("aggregate", {})
+    if agg:
+        lines.append("last round: " + ", ".join(f"{k}={v:.4g}" for k, v in agg.items() if isinstance(v, int | float)))
+    sites = summary.get("sites", {})
+    lines.append(f"sites seen: {len(sites)}")
+    for name, s in sorted(sites.items()):
+        parts = [f"status={s.get('status', '?')}", f"rounds={s.get('rounds_used', 0)}/{s.get('rounds', 0)}"]
+        for key in ("train-accuracy", "val-accuracy", "epsilon"):
+            if key in s:
+                parts.append(f"{key}={float(s[key]):.3f}")
+        if s.get("reason"):
+            parts.append(f"reason={s['reason']}")
+        lines.append(f"  {name}: " + " ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,169 @@
+"""The round loop against a fake Grid: bad replies are dropped, the global model stays finite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from common.config import RunConfig
+from server.loop import LoopState, run_rounds
+from server.strategy import build_strategy
+from tests.conftest import reply_message
+
+GLOBAL = {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+STEP = 0.01  # an honest site moves every weight by this much: update norm 0.01 * sqrt(15) ~ 0.039
+
+Behaviour = Callable[[Message], RecordDict | None]  # None: the node never answers
+
+
+def _content(arrays: dict[str, np.ndarray] | None, *, site: str, examples: int = 10) -> RecordDict:
+    content = RecordDict({
+        "metrics": MetricRecord({"num-examples": examples, "train-loss": 0.5, "train-accuracy": 0.5}),
+        "site": ConfigRecord({"name": site, "status": "ok", "reason": ""}),
+    })
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return content
+
+
+def _received(msg: Message) -> dict[str, np.ndarray]:
+    record = next(iter(msg.content.array_records.values()))
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def honest(site: str) -> Behaviour:
+    return lambda msg: _content({k: v + STEP for k, v in _received(msg).items()}, site=site)
+
+
+def nan_weights(site: str) -> Behaviour:
+    return lambda msg: _content({k: np.full_like(v, np.nan) for k, v in _received(msg).items()}, site=site)
+
+
+def huge_update(site: str) -> Behaviour:
+    """An update 1000x the honest one's norm (a scaled / poisoned model)."""
+    return lambda msg: _content({k: v + 1000 * STEP for k, v in _received(msg).items()}, site=site)
+
+
+def silent(_site: str) -> Behaviour:
+    return lambda msg: None
+
+
+class FakeGrid:
+    """The two Grid methods the loop and Flower's strategies use, with scripted nodes."""
+
+    def __init__(self, behaviours: dict[int, Behaviour]) -> None:
+        self.behaviours = behaviours
+        self.timeouts: list[float | None] = []
+        self.sent: list[tuple[int, str]] = []  # (node id, message type)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.behaviours)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        self.timeouts.append(timeout)
+        replies = []
+        for msg in messages:
+            node = msg.metadata.dst_node_id
+            self.sent.append((node, msg.metadata.message_type))
+            content = self.behaviours[node](msg)
+            if content is not None:
+                replies.append(reply_message(content, src_node_id=node, message_type=msg.metadata.message_type))
+        return replies
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Flower's Message() reads the running task's identity, which a real ServerApp process sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1 if attr != "_node_id" else 0)
+
+
+def _run(grid: FakeGrid, cfg: RunConfig, *, start_round: int = 1) -> LoopState:
+    arrays = ArrayRecord({k: Array(v.copy()) for k, v in GLOBAL.items()})
+    state = LoopState(arrays=arrays, start_round=start_round)
+    return run_rounds(grid, build_strategy(cfg), cfg, state, send_config=cfg.to_flower())
+
+
+CFG = RunConfig(num_server_rounds=1, fraction_evaluate=0.0, min_fit_sites=1, min_available_sites=1,
+                max_update_norm=1.0, round_timeout_s=30.0)
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [(nan_weights, "non-finite"), (huge_update, "update norm")],
+)
+def test_a_poisoned_reply_is_rejected_and_the_global_model_stays_finite(bad, reason):
+    # Prepare: two honest sites and one bad one
+    grid = FakeGrid({1: honest("a"), 2: honest("b"), 3: bad("evil")})
+    # Execute
+    state = _run(grid, CFG)
+    # Assert: the new global model is the honest sites' average, every value finite
+    new = {k: v.numpy() for k, v in state.arrays.items()}
+    for key, ref in GLOBAL.items():
+        assert np.all(np.isfinite(new[key]))
+        np.testing.assert_allclose(new[key], ref + STEP, rtol=0, atol=1e-6)
+    [record] = state.history.rounds
+    assert record.sites["evil"]["status"] == "rejected"
+    assert reason in record.sites["evil"]["reason"]
+    assert record.sites["a"]["status"] == record.sites["b"]["status"] == "ok"
+    assert record.aggregate["sites-used"] == 2
+
+
+def test_when_every_reply_is_bad_the_global_model_is_unchanged():
+    # Prepare
+    grid = FakeGrid({1: nan_weights("x"), 2: huge_update("y")})
+    # Execute
+    state = _run(grid, CFG.replace(num_server_rounds=2))
+    # Assert
+    for key, ref in GLOBAL.items():
+        np.testing.assert_array_equal(state.arrays[key].numpy(), ref)
+    assert [r.aggregate["sites-used"] for r in state.history.rounds] == [0, 0]
+
+
+def test_a_silent_site_does_not_stall_the_round_and_the_timeout_comes_from_the_config():
+    # Prepare: node 3 never answers (crashed); the grid returns what arrived by the timeout
+    grid = FakeGrid({1: honest("a"), 2: honest("b"), 3: silent("dead")})
+    cfg = CFG.replace(num_server_rounds=2, round_timeout_s=12.5)
+    # Execute
+    state = _run(grid, cfg)
+    # Assert
+    assert grid.timeouts == [12.5, 12.5]
+    assert [sorted(r.sites) for r in state.history.rounds] == [["a", "b"], ["a", "b"]]
+    np.testing.assert_allclose(state.arrays["b"].numpy(), GLOBAL["b"] + 2 * STEP, atol=1e-6)
+
+
+def test_evaluation_replies_are_validated_and_recorded_per_site():
+    # Prepare: evaluate replies carry metrics only; one site reports no examples
+    def evaluator(site: str, examples: int) -> Behaviour:
+        def reply(msg: Message) -> RecordDict:
+            if msg.metadata.message_type.startswith("train"):
+                return honest(site)(msg)
+            return RecordDict({"metrics": MetricRecord({"num-examples": examples, "val-loss": 1.0, "val-accuracy": 0.75}),
+                               "site": ConfigRecord({"name": site, "status": "ok", "reason": ""})})
+        return reply
+
+    grid = FakeGrid({1: evaluator("a", 8), 2: evaluator("b", 0)})
+    cfg = CFG.replace(fraction_evaluate=1.0)
+    # Execute
+    state = _run(grid, cfg)
+    # Assert
+    [record] = state.history.rounds
+    assert record.sites["a"]["val-accuracy"] == 0.75
+    assert record.sites["b"]["status"] == "rejected" and "no examples" in record.sites["b"]["reason"]
+    assert record.aggregate["val-accuracy"] == pytest.approx(0.75)
+    assert sorted(t for _, t in grid.sent) == ["evaluate", "evaluate", "train", "train"]
+
+
+def test_a_resumed_run_starts_at_its_next_round():
+    # Prepare
+    grid = FakeGrid({1: honest("a")})
+    # Execute
+    state = _run(grid, CFG.replace(num_server_rounds=3), start_round=3)
+    # Assert
+    assert [r.round for r in state.history.rounds] == [3]
+    assert len(grid.sent) == 1
