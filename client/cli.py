@@ -1,47 +1,83 @@
-"""``implantfl-client``: the site's command (check, preprocess, keys, start, ...)."""
+"""``implantfl-client``: the site's command (check, preprocess, keys, start, predict, ...).
+
+Subcommands are registered in :data:`COMMANDS` (one ``add_<name>(subparsers)`` function
+each, defined here) and :data:`MOUNTED_MODULES` (modules with an ``add_parsers(subparsers)``
+of their own). Every command returns an exit code; ImplantFL errors (bad configuration,
+unknown labels, ...) print one clear line and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from common.errors import ImplantFLError
 
+EXIT_CONFIG = 2
+MOUNTED_MODULES = ("client.daemon", "client.predict_cli")
 
-def _site_inputs(args: argparse.Namespace):  # noqa: ANN202
-    """(catalog, label map, preprocess params, cache dir) from --config / --catalog / defaults."""
+
+# ---------------------------------------------------------------------------- shared inputs
+def _add_site_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="the site's data folder (default: [site] data-dir of --config)")
+    p.add_argument("--config", type=Path, help="site.toml (labels, preprocessing, cache)")
+    p.add_argument("--catalog", type=Path, help="consortium catalog.json (default: <data>/../../catalog.json)")
+    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _site_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of :func:`client.site_data.load_site` from the flags and --config."""
     from client.site_config import SiteConfig
     from common.catalog import Catalog
     from common.errors import ConfigError
     from common.preprocess_params import PreprocessParams
 
     cfg = SiteConfig.load(args.config) if args.config else None
-    catalog_path = args.catalog or (cfg.catalog if cfg and cfg.catalog else None)
+    data = args.data or (cfg.data_dir if cfg else None)
+    if data is None:
+        raise ConfigError("pass --data DIR (or --config site.toml with [site] data-dir)")
+    catalog_path = args.catalog or (cfg.catalog if cfg else None)
     if catalog_path is None:
-        guess = Path(args.data).resolve().parent.parent / "catalog.json"
-        if not guess.exists():
+        guess = Path(data).resolve().parent.parent / "catalog.json"
+        if not guess.is_file():
             raise ConfigError("no catalog: pass --catalog catalog.json or set [site] catalog in --config")
         catalog_path = guess
-    catalog = Catalog.load(catalog_path)
-    labels = cfg.labels if cfg else None
-    params = cfg.preprocess if cfg else PreprocessParams()
-    cache = getattr(args, "cache", None) or (cfg.cache_dir if cfg else None)
-    return catalog, labels, params, cache
+    return {"site_dir": Path(data), "catalog": Catalog.load(catalog_path),
+            "params": cfg.preprocess if cfg else PreprocessParams(),
+            "label_map": cfg.labels if cfg else None, "config_cache": cfg.cache_dir if cfg else None}
+
+
+# ---------------------------------------------------------------------------- check
+def add_check(sub: Any) -> None:
+    p = sub.add_parser("check", help="counts per class, QC rejects per reason, PHI findings (decodes every image)")
+    _add_site_args(p)
+    p.add_argument("--cache", type=Path, help="reuse / update this cache (default: no cache)")
+    p.set_defaults(func=cmd_check)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     from client.site_data import load_site
 
-    catalog, labels, params, _ = _site_inputs(args)
-    data = load_site(Path(args.data), catalog=catalog, params=params, label_map=labels, cache_dir=None,
-                     progress=not args.json)
+    inputs = _site_inputs(args)
+    inputs.pop("config_cache")
+    data = load_site(**inputs, cache_dir=args.cache, progress=not args.json, workers=args.workers)
     report = data.report.to_dict()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    _print_report(report, {c.id: c.display for c in inputs["catalog"]})
+    return 0
+
+
+def _print_report(report: dict[str, Any], names: dict[str, str]) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -50,58 +86,75 @@ def cmd_check(args: argparse.Namespace) -> int:
     table.add_column("catalog id")
     table.add_column("implant")
     table.add_column("images", justify="right")
-    names = {c.id: c.display for c in catalog}
     for cid, n in report["classes"].items():
-        table.add_row(cid, names[cid], str(n))
+        table.add_row(cid, names.get(cid, ""), str(n))
     console.print(table)
     console.print(f"accepted: [bold]{report['accepted']}[/bold]")
     rejected = report["rejected"]
     console.print("rejected: " + (", ".join(f"{k} {v}" for k, v in rejected.items()) if rejected else "none"))
     phi = report["phi_findings"]
-    console.print("PHI findings (files): " + (", ".join(f"{k} {v}" for k, v in phi.items()) if phi else "none")
-                  + "  [dim](patient fields never leave ingest; burned-in text stays in pixels, review before export)[/dim]")
-    return 0
+    console.print("PHI findings (files): " + (", ".join(f"{k} {v}" for k, v in phi.items()) if phi else "none"))
+    if phi:
+        console.print("[dim]patient fields never leave ingest; burned-in text stays in the pixels: "
+                      "review those images before any export[/dim]")
+
+
+# ---------------------------------------------------------------------------- preprocess
+def add_preprocess(sub: Any) -> None:
+    p = sub.add_parser("preprocess", help="build the site's cache (a second run on unchanged data does no work)")
+    _add_site_args(p)
+    p.add_argument("--cache", type=Path, help="cache folder (default: [site] cache-dir of --config)")
+    p.set_defaults(func=cmd_preprocess)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from client.site_data import load_site
+    from common.errors import ConfigError
 
-    catalog, labels, params, _ = _site_inputs(args)
-    data = load_site(Path(args.data), catalog=catalog, params=params, label_map=labels, cache_dir=Path(args.cache),
-                     progress=True)
-    print(f"cache ready: {data.report.accepted} images accepted, {sum(data.report.rejected.values())} rejected")
+    inputs = _site_inputs(args)
+    config_cache = inputs.pop("config_cache")
+    cache = args.cache or config_cache
+    if cache is None:
+        raise ConfigError("pass --cache DIR (or --config site.toml)")
+    data = load_site(**inputs, cache_dir=cache, progress=not args.json, workers=args.workers)
+    if args.json:
+        print(json.dumps({**data.report.to_dict(), "processed": data.decoded, "from_cache": data.cached}, indent=2))
+    elif data.decoded == 0:
+        print(f"cache up to date: nothing to do ({data.cached} files from the cache, "
+              f"{data.report.accepted} accepted, {sum(data.report.rejected.values())} rejected)")
+    else:
+        print(f"cache ready: processed {data.decoded} files ({data.cached} from the cache); "
+              f"{data.report.accepted} accepted, {sum(data.report.rejected.values())} rejected")
     return 0
+
+
+# ---------------------------------------------------------------------------- parser
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_check, add_preprocess)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="implantfl-client", description="ImplantFL site client.")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="log progress (files named by token only)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, func, help_ in (("check", cmd_check, "counts per class, QC rejects per reason, PHI findings"),
-                              ("preprocess", cmd_preprocess, "build the site's cache")):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument("--data", type=Path, required=True, help="the site's data folder")
-        p.add_argument("--config", type=Path, help="site.toml (labels, preprocessing)")
-        p.add_argument("--catalog", type=Path, help="consortium catalog.json")
-        if name == "preprocess":
-            p.add_argument("--cache", type=Path, required=True)
-        else:
-            p.add_argument("--json", action="store_true")
-        p.set_defaults(func=func)
-    from client import daemon
-
-    daemon.add_parsers(sub)
+    for add in COMMANDS:
+        add(sub)
+    for name in MOUNTED_MODULES:
+        if importlib.util.find_spec(name) is not None:  # optional parts of an installation
+            importlib.import_module(name).add_parsers(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except ImplantFLError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

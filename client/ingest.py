@@ -1,16 +1,24 @@
 """Read a radiograph (DICOM, PNG, JPEG) into a float image in [0, 1], high = dense.
 
-DICOM: pydicom with its pixel-data plugins (every transfer syntax they decode), modality
-LUT / rescale, VOI LUT or window, MONOCHROME1 inversion, pixel spacing and optional
-resampling; multi-frame keeps the first frame or is rejected. Only an allow-list of
-technical fields survives: no patient field leaves this module. Errors name the file
-by a salted token, never by its path.
+DICOM goes through pydicom and its pixel-data plugins (every transfer syntax they can
+decode): modality LUT / rescale, VOI LUT or window, MONOCHROME1 inversion, pixel spacing
+and optional resampling to ``params.target_mm_per_px``. A multi-frame object keeps its
+first frame (only that frame is decoded) or is rejected, per ``params.multiframe``.
+Raster exports (PNG, JPEG, BMP, TIFF) are decoded with OpenCV from bytes.
+
+Privacy: only an allow-list of technical fields survives (:data:`ALLOWED_FIELDS`); which
+kinds of patient data were *present* is recorded as finding names, never values. Every
+error is an :class:`IngestError` naming the file by :func:`common.redact.file_token`
+only. Decoder messages are dropped (``from None``) because they may quote tag values.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,158 +26,372 @@ from typing import Any
 import cv2
 import numpy as np
 
+from client.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
 from common.errors import UnreadableImageError
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
 
 logger = logging.getLogger(__name__)
 
-DICOM_SUFFIXES = {".dcm", ".dicom", ".dic", ""}
-RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
-# Technical DICOM fields kept after ingest (values are not patient data).
-ALLOWED_FIELDS = ("Modality", "PhotometricInterpretation", "BitsStored", "Rows", "Columns", "NumberOfFrames",
-                  "BurnedInAnnotation", "SamplesPerPixel")
+# Technical DICOM attributes kept after ingest. Coded strings are kept only if they look
+# like codes (see _CODE_RE), so a vendor cannot smuggle free text through them.
+ALLOWED_FIELDS = ("Modality", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "PixelRepresentation",
+                  "SamplesPerPixel", "Rows", "Columns", "NumberOfFrames", "BurnedInAnnotation")
+# DICOM keyword -> PHI finding name (reported as counts of files, never values).
+PHI_KEYWORDS = {
+    "PatientName": "patient-name-present",
+    "PatientID": "patient-id-present",
+    "PatientBirthDate": "patient-birth-date-present",
+    "OtherPatientIDs": "other-patient-ids-present",
+    "OtherPatientIDsSequence": "other-patient-ids-present",
+    "PatientAddress": "patient-address-present",
+    "AccessionNumber": "accession-number-present",
+    "ReferringPhysicianName": "physician-name-present",
+    "InstitutionName": "institution-present",
+}
+BURNED_IN = "burned-in-annotation"
+_CODE_RE = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+_HEADER_BYTES = 1 << 20  # enough to find a JPEG SOF marker after a large EXIF block
+# Decoder loggers silenced while a file is read: their messages quote tag values.
+_DECODER_LOGGERS = ("pydicom", "pylibjpeg", "openjpeg", "libjpeg", "rle")
 
 
-class TooLargeError(UnreadableImageError):
-    """The image's declared size exceeds the configured maximum (rejected before decoding)."""
+class IngestError(UnreadableImageError):
+    """A file could not be ingested; ``reason`` is the QC reason it is counted under."""
+
+    reason = UNREADABLE
+
+    def __init__(self, token: str, detail: str) -> None:
+        super().__init__(f"{token}: {detail}")
+        self.token = token
+        self.detail = detail
 
 
-class MultiFrameError(UnreadableImageError):
-    """A multi-frame image while the configuration rejects them."""
+class TooLargeError(IngestError):
+    """The declared size exceeds ``params.max_side_px``; rejected before decoding."""
+
+    reason = TOO_LARGE
+
+
+class MultiFrameError(IngestError):
+    """A multi-frame object while ``params.multiframe == "reject"``."""
+
+    reason = MULTIFRAME
 
 
 @dataclass
 class IngestedImage:
-    pixels: np.ndarray  # float32 HxW in [0, 1], high = dense (metal bright)
-    fields: dict[str, Any] = field(default_factory=dict)  # allow-listed technical fields only
-    notes: list[str] = field(default_factory=list)  # e.g. "converted from colour"
-    phi: dict[str, bool] = field(default_factory=dict)  # which PHI kinds were present (never values)
+    """A decoded image with nothing identifying left.
 
+    Attributes
+    ----------
+    pixels
+        float32 HxW in [0, 1], high = dense (metal bright).
+    fields
+        Allow-listed technical fields only (see :data:`ALLOWED_FIELDS`), plus
+        ``source``, ``stored_shape``, ``spacing_mm`` and ``transfer_syntax``.
+    notes
+        What ingest did that a reviewer may want to know, e.g. "colour converted to grayscale".
+    phi
+        Names of the kinds of patient data that were present in the file (never values).
+    """
 
-def is_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return len(head) >= 132 and head[128:132] == b"DICM"
+    pixels: np.ndarray
+    fields: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    phi: list[str] = field(default_factory=list)
 
 
 def read_image(path: Path, params: PreprocessParams) -> IngestedImage:
-    """Decode ``path``; raise UnreadableImageError (naming the file by token) on failure."""
+    """Decode ``path`` into an :class:`IngestedImage`.
+
+    Parameters
+    ----------
+    path
+        A DICOM, PNG, JPEG, BMP or TIFF file. The content decides the decoder; the
+        extension is only a fallback.
+    params
+        Preprocessing parameters (size limits, multi-frame policy, target spacing).
+
+    Returns
+    -------
+    IngestedImage
+
+    Raises
+    ------
+    IngestError
+        (an :class:`~common.errors.UnreadableImageError`) with a reason; the file is named
+        by its token only.
+    """
+    path = Path(path)
     token = file_token(path)
     try:
-        if path.stat().st_size == 0:
-            raise UnreadableImageError(f"{token}: empty file")
-        if is_dicom(path) or path.suffix.lower() in (".dcm", ".dicom"):
+        with open(path, "rb") as fh:
+            head = fh.read(_HEADER_BYTES)
+    except OSError as e:
+        raise IngestError(token, f"file cannot be opened ({type(e).__name__})") from None
+    if not head:
+        raise IngestError(token, "empty file")
+    kind = _sniff(head)
+    suffix = path.suffix.lower()
+    try:
+        if kind == "dicom" or (kind is None and suffix in ("", ".dcm", ".dicom", ".dic")):
             img = _read_dicom(path, params, token)
         else:
-            img = _read_raster(path, params, token)
-    except UnreadableImageError:
+            img = _read_raster(path, head, params, token)
+    except IngestError:
         raise
-    except Exception as e:  # noqa: BLE001 - any decoder failure is an unreadable file
-        raise UnreadableImageError(f"{token}: cannot decode ({type(e).__name__})") from None
-    if not np.all(np.isfinite(img.pixels)):
-        raise UnreadableImageError(f"{token}: non-finite pixel values")
-    return _resample(img, params)
+    except (Exception, MemoryError) as e:  # noqa: BLE001 - any decoder failure is an unreadable file
+        raise IngestError(token, f"cannot decode ({type(e).__name__})") from None
+    if kind == "dicom" and suffix in (".png", ".jpg", ".jpeg") or kind in ("png", "jpeg") and suffix in (".dcm", ".dicom"):
+        img.notes.append("file extension does not match its content")
+    if img.pixels.ndim != 2 or img.pixels.size == 0:
+        raise IngestError(token, "no two-dimensional image")
+    return _resample(img, params, token)
+
+
+def _sniff(head: bytes) -> str | None:
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(_PNG_SIG):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM") or head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "raster"
+    return None
 
 
 def _check_size(rows: int, cols: int, params: PreprocessParams, token: str) -> None:
     if max(rows, cols) > params.max_side_px:
-        raise TooLargeError(f"{token}: {rows}x{cols} pixels exceeds the maximum side {params.max_side_px}")
+        raise TooLargeError(token, f"declared size exceeds the maximum side of {params.max_side_px} pixels")
 
 
+# ---------------------------------------------------------------------------- DICOM
 def _read_dicom(path: Path, params: PreprocessParams, token: str) -> IngestedImage:
     import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    with _decoders_silenced():
+        try:
+            ds = pydicom.dcmread(path, force=True, defer_size="1 MB")
+        except (InvalidDicomError, Exception) as e:  # noqa: BLE001
+            raise IngestError(token, f"not a readable DICOM file ({type(e).__name__})") from None
+        if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise IngestError(token, "DICOM object has no pixel data")
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        if rows <= 0 or cols <= 0:
+            raise IngestError(token, "DICOM object declares no image size")
+        _check_size(rows, cols, params, token)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        if frames > 1 and params.multiframe == "reject":
+            raise MultiFrameError(token, f"multi-frame object ({frames} frames)")
+        pixels, notes = _dicom_pixels(ds, frames)
+    return IngestedImage(pixels, _dicom_fields(ds, rows, cols), notes, _phi_findings(ds))
+
+
+def _dicom_pixels(ds: Any, frames: int) -> tuple[np.ndarray, list[str]]:
+    from pydicom.pixels import apply_color_lut, pixel_array
+
+    notes: list[str] = []
+    arr = pixel_array(ds, index=0 if frames > 1 else None)
+    if frames > 1:
+        notes.append(f"multi-frame object: first of {frames} frames used")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+        notes.append("palette colour expanded")
+    if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1) or 1) == 1 and frames <= 1:
+        arr = arr[0]  # a single frame reported with a leading frame axis
+    if arr.ndim == 3:  # colour (YBR is converted to RGB by pydicom)
+        pixels = _unit_range(_to_gray(arr.astype(np.float32), notes, bgr=False))
+    elif arr.dtype.kind in "iu" and arr.dtype.itemsize <= 2:
+        return _gray_via_lut(arr, ds, notes, invert=photometric == "MONOCHROME1"), notes
+    else:
+        pixels = _unit_range(_value_transforms(arr, ds, notes))
+    if photometric == "MONOCHROME1":
+        pixels = np.subtract(1.0, pixels, out=pixels)
+        notes.append("MONOCHROME1 inverted")
+    return pixels, notes
+
+
+def _value_transforms(arr: np.ndarray, ds: Any, notes: list[str] | None) -> np.ndarray:
+    """Modality LUT / rescale, then VOI LUT or window (pydicom's own functions)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    try:
-        ds = pydicom.dcmread(path, force=True)
-    except Exception as e:  # noqa: BLE001
-        raise UnreadableImageError(f"{token}: not a readable DICOM file ({type(e).__name__})") from None
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise UnreadableImageError(f"{token}: DICOM object has no pixel data")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    _check_size(rows, cols, params, token)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1 and params.multiframe == "reject":
-        raise MultiFrameError(f"{token}: multi-frame image ({frames} frames)")
-    notes = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom warns on vendor quirks it can read around
-        arr = ds.pixel_array if frames == 1 else ds.pixel_array[0]
-    if frames > 1:
-        notes.append("multi-frame: first frame used")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-    if arr.ndim == 3:  # colour
-        if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    values = np.asarray(apply_modality_lut(arr, ds), np.float64)
+    if "VOILUTSequence" in ds or "WindowCenter" in ds:
+        values = np.asarray(apply_voi_lut(values, ds, prefer_lut=True), np.float64)
+        if notes is not None:
+            notes.append("VOI LUT / window applied")
+    return values
 
-            arr = convert_color_space(arr, photometric, "RGB")
-        arr = cv2.cvtColor(arr.astype(np.float32), cv2.COLOR_RGB2GRAY)
-        notes.append("colour converted to grayscale")
-        values = arr.astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
+
+def _gray_via_lut(arr: np.ndarray, ds: Any, notes: list[str], *, invert: bool) -> np.ndarray:
+    """Integer pixels (<= 16 bit): run the value transforms once per possible stored value.
+
+    The LUTs are functions of the stored value, so transforming ``arange(min, max + 1)``
+    and indexing with the image gives exactly the per-pixel result at a fraction of the
+    cost (one gather instead of several float64 passes over a 5-megapixel image).
+    """
+    lo_stored, hi_stored = int(arr.min()), int(arr.max())
+    lut = _value_transforms(np.arange(lo_stored, hi_stored + 1).astype(arr.dtype), ds, notes)
+    if not np.all(np.isfinite(lut)):
+        raise ValueError("non-finite pixel values")
+    if np.all(np.diff(lut) >= 0):  # monotonic: the extremes of the image are at its extreme values
+        lo, hi = float(lut[0]), float(lut[-1])
     else:
-        values = apply_modality_lut(arr, ds).astype(np.float64)
-        if "WindowCenter" in ds or "VOILUTSequence" in ds:
-            values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
-        lo, hi = float(values.min()), float(values.max())
-    if hi - lo <= 0:
-        pixels = np.zeros(values.shape, np.float32)
-    else:
-        pixels = ((values - lo) / (hi - lo)).astype(np.float32)
-    if photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
-    fields = {k: _plain(ds.get(k)) for k in ALLOWED_FIELDS if k in ds}
+        present = np.bincount((arr.astype(np.int32) - lo_stored).ravel(), minlength=lut.size) > 0
+        lo, hi = float(lut[present].min()), float(lut[present].max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.float32)  # blank; QC rejects it
+    lut = (lut - lo) / (hi - lo)
+    if invert:  # folded in at float64: MONOCHROME1 and MONOCHROME2 of one picture give equal bits
+        lut = 1.0 - lut
+        notes.append("MONOCHROME1 inverted")
+    lut = lut.astype(np.float32)
+    if lo_stored == 0:
+        return lut[arr]
+    return lut[arr - arr.dtype.type(lo_stored) if lo_stored > 0 else arr.astype(np.int32) - lo_stored]
+
+
+def _dicom_fields(ds: Any, rows: int, cols: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"source": "dicom", "stored_shape": [rows, cols]}
+    for key in ALLOWED_FIELDS:
+        value = ds.get(key)
+        if value is None or value == "":
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = int(value) if float(value).is_integer() else float(value)
+        elif isinstance(value, str) and _CODE_RE.match(value.strip().upper()):
+            out[key] = value.strip().upper()
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    if spacing is not None and len(spacing) == 2:
-        fields["mm_per_px"] = float(spacing[0])
-    fields["transfer_syntax"] = str(getattr(ds.file_meta, "TransferSyntaxUID", "unknown").name) if hasattr(ds, "file_meta") else "unknown"
-    phi = {"patient-name": bool(ds.get("PatientName")), "patient-id": bool(ds.get("PatientID")),
-           "burned-in-annotation": str(ds.get("BurnedInAnnotation", "")).upper() == "YES"}
-    return IngestedImage(pixels, fields, notes, phi)
+    try:
+        if spacing is not None and len(spacing) == 2 and all(float(s) > 0 for s in spacing):
+            out["spacing_mm"] = [float(spacing[0]), float(spacing[1])]
+    except (TypeError, ValueError):
+        pass  # malformed spacing: treated as unknown
+    meta = getattr(ds, "file_meta", None)
+    uid = getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
+    out["transfer_syntax"] = str(uid.name) if uid is not None and getattr(uid, "is_transfer_syntax", False) else "unknown"
+    return out
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, int | float | str):
-        return value
-    return str(value)
+def _phi_findings(ds: Any) -> list[str]:
+    found = {name for key, name in PHI_KEYWORDS.items() if key in ds and str(ds.get(key) or "").strip()}
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES":
+        found.add(BURNED_IN)
+    return sorted(found)
 
 
-def _read_raster(path: Path, params: PreprocessParams, token: str) -> IngestedImage:
+@contextmanager
+def _decoders_silenced() -> Iterator[None]:
+    """Drop decoder warnings and log records for the duration of one file.
+
+    pydicom warns (and logs) about vendor quirks it reads around, quoting the offending
+    tag values, which may be patient data. Scoped to one file, not a blanket filter.
+    """
+    loggers = [logging.getLogger(name) for name in _DECODER_LOGGERS]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.CRITICAL + 1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels, strict=True):
+            log.setLevel(level)
+
+
+# ---------------------------------------------------------------------------- raster
+def _read_raster(path: Path, head: bytes, params: PreprocessParams, token: str) -> IngestedImage:
+    size = raster_size(head)
+    if size is not None:
+        _check_size(size[0], size[1], params, token)
     data = np.frombuffer(path.read_bytes(), np.uint8)
-    header = cv2.imdecode(data, cv2.IMREAD_REDUCED_GRAYSCALE_8) if len(data) > 2_000_000 else None
-    if header is not None:
-        _check_size(header.shape[0] * 8, header.shape[1] * 8, params, token)
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if arr is None:
-        raise UnreadableImageError(f"{token}: not a readable image file")
+    if arr is None or arr.size == 0:
+        raise IngestError(token, "not a readable image file")
     _check_size(arr.shape[0], arr.shape[1], params, token)
-    notes = []
-    if arr.ndim == 3:
-        if arr.shape[2] == 4:
-            arr = arr[:, :, :3]
-            notes.append("alpha channel dropped")
-        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2GRAY)
-        notes.append("colour converted to grayscale")
-    scale = 65535.0 if arr.dtype == np.uint16 else 255.0 if arr.dtype == np.uint8 else float(max(arr.max(), 1))
-    pixels = arr.astype(np.float32) / scale
-    return IngestedImage(pixels, {"Rows": int(arr.shape[0]), "Columns": int(arr.shape[1]), "format": path.suffix.lower().lstrip(".")},
-                         notes, {})
+    notes: list[str] = []
+    if arr.dtype == np.uint8:
+        scale = 255.0
+    elif arr.dtype == np.uint16:
+        scale = 65535.0
+    else:
+        scale = 0.0  # float / other integer types: min-max below
+    gray = _to_gray(arr.astype(np.float32), notes, bgr=True) if arr.ndim == 3 else arr.astype(np.float32)
+    pixels = gray / scale if scale else _unit_range(gray.astype(np.float64)).astype(np.float32)
+    fields = {"source": "png" if head.startswith(_PNG_SIG) else "raster", "stored_shape": [int(arr.shape[0]), int(arr.shape[1])],
+              "BitsStored": int(arr.dtype.itemsize * 8)}
+    return IngestedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32), fields, notes, [])
 
 
-def _resample(img: IngestedImage, params: PreprocessParams) -> IngestedImage:
-    spacing = img.fields.get("mm_per_px")
+def raster_size(head: bytes) -> tuple[int, int] | None:
+    """(rows, columns) from a PNG, JPEG or BMP header without decoding; None if unknown."""
+    if head.startswith(_PNG_SIG) and len(head) >= 24 and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    if head.startswith(b"BM") and len(head) >= 26:
+        return abs(int.from_bytes(head[22:26], "little", signed=True)), abs(int.from_bytes(head[18:22], "little", signed=True))
+    if head.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            length = int.from_bytes(head[i + 2:i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                return int.from_bytes(head[i + 5:i + 7], "big"), int.from_bytes(head[i + 7:i + 9], "big")
+            i += 2 + length
+    return None
+
+
+# ---------------------------------------------------------------------------- shared
+def _to_gray(arr: np.ndarray, notes: list[str], *, bgr: bool) -> np.ndarray:
+    """Colour (H, W, 3|4) float32 -> gray, noting what was done."""
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+        notes.append("alpha channel dropped")
+    elif arr.shape[2] == 2:  # gray + alpha
+        notes.append("alpha channel dropped")
+        return np.ascontiguousarray(arr[:, :, 0])
+    if arr.shape[2] != 3:
+        raise ValueError("unsupported channel count")
+    if np.array_equal(arr[:, :, 0], arr[:, :, 1]) and np.array_equal(arr[:, :, 1], arr[:, :, 2]):
+        notes.append("grayscale stored as colour")
+        return np.ascontiguousarray(arr[:, :, 0])
+    notes.append("colour converted to grayscale")
+    return cv2.cvtColor(np.ascontiguousarray(arr), cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
+
+
+def _unit_range(values: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] as float32; raises on non-finite values (NaN / inf reach min or max)."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("non-finite pixel values")
+    if hi - lo <= 0:
+        return np.zeros(values.shape, np.float32)
+    return ((values - lo) / (hi - lo)).astype(np.float32)
+
+
+def _resample(img: IngestedImage, params: PreprocessParams, token: str) -> IngestedImage:
+    spacing = img.fields.get("spacing_mm")
     if params.target_mm_per_px <= 0 or not spacing:
         return img
-    factor = float(spacing) / params.target_mm_per_px
-    if abs(factor - 1) < 1e-3:
+    fy, fx = spacing[0] / params.target_mm_per_px, spacing[1] / params.target_mm_per_px
+    if abs(fy - 1) < 1e-3 and abs(fx - 1) < 1e-3:
         return img
     h, w = img.pixels.shape
-    size = (max(1, round(w * factor)), max(1, round(h * factor)))
-    img.pixels = cv2.resize(img.pixels, size, interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    img.fields["mm_per_px"] = params.target_mm_per_px
-    img.notes.append(f"resampled to {params.target_mm_per_px} mm/px")
+    size = (max(1, round(w * fx)), max(1, round(h * fy)))
+    if max(size) > params.max_side_px:
+        raise TooLargeError(token, "resampled size exceeds the maximum side")
+    interp = cv2.INTER_AREA if fx * fy < 1 else cv2.INTER_LINEAR
+    img.pixels = np.clip(cv2.resize(img.pixels, size, interpolation=interp), 0.0, 1.0)
+    img.fields["spacing_mm"] = [params.target_mm_per_px, params.target_mm_per_px]
+    img.notes.append("resampled to the target pixel spacing")
     return img

@@ -1,67 +1,283 @@
 """Implant segmentation: the metal is the densest thing on a radiograph.
 
-Two-level Otsu (background/soft tissue vs bone, then bone vs metal) on a lightly blurred
-image, morphological opening, connected components; the largest metal component is the
-implant. Further large metal components mean a second implant or a foreign object.
+The image is shrunk to a working resolution (integer factor, long side <= 512) and
+lightly blurred. Otsu separates background and soft tissue from the dense part. Within
+the dense part the metal threshold is the grey level whose pixels have the strongest
+mean gradient (a gradient-weighted histogram): metal ends in the sharpest step of the
+picture, so its edge owns the steepest level. Burned-in letters and side markers (small
+isolated bright objects) are left out of that statistic, and if the best level yields
+no implant-sized component the next best levels are tried. (A second Otsu on the bright
+tail, tried first, cuts into bone when the bone class is broad: 93% box hits on the
+generator's smoke federation, against 100% with the edge level.)
+
+After a morphological opening, bright strips along the image edges (collimation,
+unexposed borders) are removed; components that still run along an edge or are mere
+lines are not implants. The largest remaining component is the implant; components close
+to it are its other parts (a head whose thin neck blurred away, a cup rim); further large
+metal components are foreign objects or a second implant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import cv2
 import numpy as np
 
-MIN_AREA_FRACTION = 0.002  # implant must cover at least this fraction of the image
-FOREIGN_RATIO = 0.25  # another component this large (relative to the implant) = foreign object
-MIN_CONTRAST = 0.12  # implant must be this much brighter than the median of the image
+WORK_SIDE = 512  # segment on an image whose longer side is at most this (speed)
+MIN_AREA_FRACTION = 0.002  # the implant covers at least this fraction of the image
+FOREIGN_RATIO = 0.25  # another far component at least this large (relative to the implant) = foreign
+NEAR_FRACTION = 0.08  # components within this fraction of the implant's box side belong to it
+MAX_LEVELS = 3  # metal threshold candidates tried, best edge score first
+LEVEL_GAP = 12  # candidate levels at least this far apart
+LEVEL_SMOOTH = 3  # edge level: average the gradient over +- this many grey levels
+MIN_LEVEL_PIXELS = 20  # edge level: ignore levels with fewer pixels (noise)
+RING_PX = 4  # width of the ring around the implant used for the edge step (working resolution)
+BORDER_RUN = 0.9  # a component touching an edge along this fraction of it is a strip, not an implant
+STRIP_MARGIN = 2  # further lines dropped next to a bright strip along an edge (its blurred rim)
+MIN_HALF_WIDTH = 2.0  # an implant part is at least this thick (distance to its outline, working pixels)
 
 
 @dataclass(frozen=True)
 class Segmentation:
-    mask: np.ndarray  # uint8 HxW, 255 = implant
-    box: tuple[int, int, int, int] | None  # (x0, y0, x1, y1), exclusive; None if no implant
-    others: int  # number of further large metal components
-    contrast: float  # implant mean minus image median
+    """Where the implant is. Boxes are in input-image pixels; the mask is kept at the
+    working resolution and brought to full resolution only on demand (:attr:`mask`,
+    :meth:`crop_mask`).
+
+    Attributes
+    ----------
+    work_mask
+        uint8 mask at the working resolution, 255 = implant metal.
+    factor
+        Input pixels per working pixel (integer).
+    shape
+        (rows, columns) of the input image.
+    box
+        (x0, y0, x1, y1), x1/y1 exclusive; None when no implant was found.
+    others
+        Number of further large metal components away from the implant.
+    contrast
+        Mean of the implant minus the image median (0 when none).
+    step
+        Mean of the implant minus the mean of a thin ring around it: metal ends in a sharp
+        step, the densest part of a bone fades smoothly into the rest of it.
+    """
+
+    work_mask: np.ndarray
+    factor: int
+    shape: tuple[int, int]
+    box: tuple[int, int, int, int] | None
+    others: int
+    contrast: float
+    step: float
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """uint8 mask of the input image's shape, 255 = implant metal."""
+        return self.crop_mask((0, 0, self.shape[1], self.shape[0]))
+
+    def crop_mask(self, box: tuple[int, int, int, int]) -> np.ndarray:
+        """The full-resolution mask over ``box`` (x0, y0, x1, y1) of the input; 0 outside the image."""
+        from client.transforms import crop_padded
+
+        k = self.factor
+        if k == 1:
+            return crop_padded(self.work_mask, box)
+        x0, y0, x1, y1 = box
+        wx0, wy0, wx1, wy1 = x0 // k, y0 // k, -(-x1 // k), -(-y1 // k)
+        work = crop_padded(self.work_mask, (wx0, wy0, wx1, wy1))
+        up = cv2.resize(work, ((wx1 - wx0) * k, (wy1 - wy0) * k), interpolation=cv2.INTER_NEAREST)
+        return up[y0 - wy0 * k:y1 - wy0 * k, x0 - wx0 * k:x1 - wx0 * k]
+
+
+def otsu(hist: np.ndarray) -> tuple[int, float]:
+    """Otsu threshold of a 256-bin histogram and its separability η = σ_between² / σ_total².
+
+    Returns
+    -------
+    (t, eta)
+        Values ``> t`` form the upper class.
+    """
+    p = hist.astype(np.float64)
+    total = p.sum()
+    if total <= 0:
+        return 0, 0.0
+    p /= total
+    levels = np.arange(p.size, dtype=np.float64)
+    omega = np.cumsum(p)
+    mu = np.cumsum(p * levels)
+    mu_t = mu[-1]
+    var_t = float((p * (levels - mu_t) ** 2).sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (mu_t * omega - mu) ** 2 / (omega * (1.0 - omega))
+    between = np.nan_to_num(between, nan=0.0, posinf=0.0)
+    t = int(np.argmax(between))
+    return t, float(between[t] / var_t) if var_t > 0 else 0.0
+
+
+def level_scores(u8: np.ndarray, lower: int, ignore: np.ndarray | None = None) -> np.ndarray:
+    """Mean gradient magnitude of the pixels at each grey level (0 for levels <= ``lower``).
+
+    Parameters
+    ----------
+    u8
+        uint8 image (already blurred).
+    lower
+        Only levels above this are scored (the Otsu background threshold).
+    ignore
+        Pixels left out of the statistics (e.g. burned-in letters and side markers).
+    """
+    g = cv2.magnitude(cv2.Sobel(u8, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(u8, cv2.CV_32F, 0, 1, ksize=3))
+    flat, weights = u8.ravel(), g.ravel()
+    if ignore is not None and ignore.any():
+        keep = ~ignore.ravel()
+        flat, weights = flat[keep], weights[keep]
+    window = np.ones(2 * LEVEL_SMOOTH + 1)
+    num = np.convolve(np.bincount(flat, weights=weights, minlength=256), window, "same")
+    den = np.convolve(np.bincount(flat, minlength=256).astype(np.float64), window, "same")
+    mean = np.where(den >= MIN_LEVEL_PIXELS, num / np.maximum(den, 1.0), 0.0)
+    mean[: lower + 1] = 0.0
+    return mean
+
+
+def edge_level(u8: np.ndarray, lower: int) -> int:
+    """The grey level above ``lower`` whose pixels have the strongest mean gradient."""
+    scores = level_scores(u8, lower)
+    return int(np.argmax(scores)) if scores.max() > 0 else lower
+
+
+def _candidate_levels(scores: np.ndarray) -> list[int]:
+    """Up to :data:`MAX_LEVELS` local maxima of the level scores, best first."""
+    peaks = [t for t in range(1, 255) if scores[t] > 0 and scores[t] >= scores[t - 1] and scores[t] >= scores[t + 1]]
+    chosen: list[int] = []
+    for t in sorted(peaks, key=lambda t: -scores[t]):
+        if all(abs(t - c) >= LEVEL_GAP for c in chosen):
+            chosen.append(t)
+        if len(chosen) == MAX_LEVELS:
+            break
+    return chosen
+
+
+def _small_bright(u8: np.ndarray, lower: int, min_area: float) -> np.ndarray:
+    """Isolated bright objects smaller than ``min_area`` pixels (letters, side markers)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats((u8 > lower).astype(np.uint8), connectivity=8)
+    small = np.zeros(n, bool)
+    small[1:] = stats[1:, cv2.CC_STAT_AREA] < min_area
+    return small[labels]
+
+
+def _drop_border_strips(metal: np.ndarray) -> np.ndarray:
+    """Zero the rows / columns at an image edge that are bright along most of it (collimation)."""
+    out = metal.copy()
+    for axis in (0, 1):  # rows from top / bottom, then columns from left / right
+        fill = metal.mean(axis=1 - axis)
+        for forward in (True, False):
+            order = np.arange(len(fill)) if forward else np.arange(len(fill))[::-1]
+            bright = fill[order] >= BORDER_RUN
+            run = len(fill) if bright.all() else int(np.argmin(bright))  # lines in the strip
+            if run:  # the strip plus a margin for its blurred edge
+                lines = order[: min(len(fill), run + STRIP_MARGIN)]
+                if axis == 0:
+                    out[lines, :] = 0
+                else:
+                    out[:, lines] = 0
+    return out
 
 
 def segment_implant(img: np.ndarray) -> Segmentation:
     """Segment the implant of ``img`` (float HxW in [0, 1], high = dense)."""
-    u8 = np.clip(cv2.GaussianBlur(img, (0, 0), 1.0) * 255, 0, 255).astype(np.uint8)
-    empty = Segmentation(np.zeros(img.shape, np.uint8), None, 0, 0.0)
+    h, w = img.shape
+    empty = Segmentation(np.zeros((1, 1), np.uint8), 1, (h, w), None, 0, 0.0, 0.0)
+    k = -(-max(h, w) // WORK_SIDE)  # integer shrink factor: OpenCV's fast block-average path
+    if k > 1 and min(h, w) >= k:
+        work = cv2.resize(img[: h // k * k, : w // k * k].astype(np.float32, copy=False), (w // k, h // k),
+                          interpolation=cv2.INTER_AREA)
+    else:
+        k, work = 1, img
+    u8 = np.clip(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0) * 255 + 0.5, 0, 255).astype(np.uint8)
     if int(u8.max()) - int(u8.min()) < 8:
         return empty
-    t1, _ = cv2.threshold(u8, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    bright = u8[u8 > t1]
-    if bright.size < 16:
+    hist = np.bincount(u8.ravel(), minlength=256)
+    t1, _ = otsu(hist)
+    if hist[t1 + 1:].sum() < 16:
         return empty
-    t2, _ = cv2.threshold(bright.reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    metal = (u8 > max(t1, t2)).astype(np.uint8)
+    min_area = MIN_AREA_FRACTION * u8.size
+    scores = level_scores(u8, t1, _small_bright(u8, t1, min_area))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-    metal = cv2.morphologyEx(metal, cv2.MORPH_OPEN, kernel)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(metal, connectivity=8)
-    if n <= 1:
+    for level in _candidate_levels(scores):
+        metal = _drop_border_strips(cv2.morphologyEx((u8 > level).astype(np.uint8), cv2.MORPH_OPEN, kernel))
+        found = _implant_components(metal, min_area)
+        if found is not None:
+            break
+    else:
         return empty
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    order = np.argsort(areas)[::-1]
-    main = int(order[0]) + 1
-    main_area = int(areas[order[0]])
-    if main_area < MIN_AREA_FRACTION * img.size:
-        return empty
-    mask = np.where(labels == main, 255, 0).astype(np.uint8)
-    # Parts of a modular implant (a head whose thin neck blurred away) sit right next to the
-    # main component: merge what touches its dilation; large metal further away is foreign.
-    bw, bh = int(stats[main, cv2.CC_STAT_WIDTH]), int(stats[main, cv2.CC_STAT_HEIGHT])
-    reach = max(3, int(0.08 * max(bw, bh)))
-    near = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))
-    others = 0
-    for idx in order[1:]:
-        comp = int(idx) + 1
-        if np.any(near[labels == comp]):
-            mask[labels == comp] = 255
-        elif areas[idx] > FOREIGN_RATIO * main_area:
-            others += 1
+    mask, others = found
+    median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2)) / 255.0  # of the blurred image
+    contrast = float(work[mask > 0].mean() - median)
+    step = _edge_step(work, mask)
     ys, xs = np.nonzero(mask)
-    x, y, w, h = int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)
-    contrast = float(img[mask > 0].mean() - np.median(img))
-    return Segmentation(mask, (x, y, x + w, y + h), others, contrast)
+    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    box = (box[0] * k, box[1] * k, min(w, box[2] * k), min(h, box[3] * k))
+    return Segmentation(mask * np.uint8(255), k, (h, w), box, others, contrast, step)
+
+
+def _implant_components(metal: np.ndarray, min_area: float) -> tuple[np.ndarray, int] | None:
+    """(implant mask 0/1, number of foreign metal components), or None when no implant is large enough."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(metal, connectivity=8)
+    along = _along_border(labels, n)
+    big = sorted((i for i in range(1, n) if not along[i] and stats[i, cv2.CC_STAT_AREA] >= min_area * 0.25),
+                 key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    dist = cv2.distanceTransform(metal, cv2.DIST_L2, 3)
+
+    def thick(i: int) -> bool:  # lines and edges are not implants (but may be parts of one: a thin cup rim)
+        return float(dist[labels == i].max()) >= MIN_HALF_WIDTH
+
+    main = next((i for i in big if thick(i)), None)
+    if main is None or stats[main, cv2.CC_STAT_AREA] < min_area:
+        return None
+    main_area = int(stats[main, cv2.CC_STAT_AREA])
+    mask = (labels == main).astype(np.uint8)
+    reach = max(3, int(NEAR_FRACTION * max(stats[main, cv2.CC_STAT_WIDTH], stats[main, cv2.CC_STAT_HEIGHT])))
+    near = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 3) <= reach
+    others = 0
+    for comp in big:
+        if comp == main:
+            continue
+        if np.any(near[labels == comp]):
+            mask[labels == comp] = 1
+        elif stats[comp, cv2.CC_STAT_AREA] > FOREIGN_RATIO * main_area and thick(comp):
+            others += 1
+    return mask, others
+
+
+def _edge_step(work: np.ndarray, mask: np.ndarray) -> float:
+    """Mean inside ``mask`` minus the mean of a ring of :data:`RING_PX` pixels around it."""
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1, 2 * RING_PX + 1))
+    ring = (cv2.dilate(mask, k) > 0) & (mask == 0)
+    inner = (cv2.erode(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))) > 0)
+    inside = work[inner] if inner.any() else work[mask > 0]
+    return float(inside.mean() - work[ring].mean()) if ring.any() else 0.0
+
+
+def _along_border(labels: np.ndarray, n: int) -> np.ndarray:
+    """Per component: does it run along an image edge (collimation, unexposed strip)?
+
+    An implant cut by the frame touches an edge over its own width only; a strip covers
+    at least :data:`BORDER_RUN` of that edge.
+    """
+    h, w = labels.shape
+    along = np.zeros(n, bool)
+    for edge, length in ((labels[0], w), (labels[-1], w), (labels[:, 0], h), (labels[:, -1], h)):
+        along |= np.bincount(edge, minlength=n)[:n] >= BORDER_RUN * length
+    along[0] = False
+    return along
+
+
+def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes with exclusive ends."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0

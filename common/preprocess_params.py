@@ -20,6 +20,7 @@ class PreprocessParams:
     target_mm_per_px: float = 0.0  # resample to this spacing before segmentation; 0 = keep
     roi_margin: float = 0.12  # margin around the segmented implant, fraction of its box side
     clahe_clip: float = 2.0  # CLAHE clip limit for contrast normalisation; 0 = off
+    mask_background: bool = True  # suppress everything outside the (dilated) implant mask
     invert: bool = False  # invert after normalisation (implant dark on bright)
     min_side_px: int = 128  # QC: reject images whose shorter side is below this
     max_side_px: int = 10_000  # QC: reject images whose longer side is above this
