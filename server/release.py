@@ -4,10 +4,12 @@ Directory layout::
 
     release/
       model.pt          plain PyTorch state_dict (no Opacus prefixes)
-      model.json        registry name, input size, number of classes, run config
+      model.json        registry name, input size, number of classes, run config, ONNX check
       catalog.json      the label space the outputs index
       preprocess.json   preprocessing parameters (common.preprocess_params)
-      model_card.md     intended use, data, metrics, privacy spent
+      calibration.json  temperature + unknown threshold (common.calibration); identity if absent
+      model.onnx        optional ONNX export, checked against PyTorch (server.export)
+      model_card.md     intended use and limits, data, metrics, privacy spent
 
 The server writes releases from weights and JSON only: it never touches images.
 """
@@ -15,8 +17,9 @@ The server writes releases from weights and JSON only: it never touches images.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ import torch
 from flwr.app import ArrayRecord
 
 import common
+from common.calibration import Calibration, load_calibration, save_calibration
 from common.catalog import Catalog
 from common.config import RunConfig
 from common.errors import InvalidInputError
@@ -38,6 +42,7 @@ class Release:
     catalog: Catalog
     preprocess: PreprocessParams
     info: dict[str, Any]
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 def write_release(
@@ -48,13 +53,21 @@ def write_release(
     catalog: Catalog,
     preprocess: PreprocessParams,
     summary: Mapping[str, Any] | None = None,
+    calibration: Calibration | None = None,
+    onnx: bool = True,
 ) -> Path:
-    """Write a release directory; ``summary`` (results.json content) feeds the model card."""
+    """Write a release directory.
+
+    ``summary`` (results.json content, or what ``export`` gathers from a checkpoint) feeds
+    the model card; ``calibration`` is written as calibration.json (the identity when None);
+    ``onnx`` also writes a parity-checked ``model.onnx`` when the onnx packages are installed.
+    """
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(config.model, num_classes=len(catalog), image_size=config.image_size)
     model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+    model.eval()
     torch.save(model.state_dict(), out / "model.pt")
-    info = {
+    info: dict[str, Any] = {
         "model": config.model,
         "image_size": config.image_size,
         "num_classes": len(catalog),
@@ -63,10 +76,19 @@ def write_release(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config.to_flower(),
     }
+    if onnx:
+        from server.export import ONNX_FILE, export_onnx
+
+        info["onnx"] = export_onnx(model, out / ONNX_FILE, image_size=config.image_size)
+    else:
+        (out / "model.onnx").unlink(missing_ok=True)
+        info["onnx"] = {"exported": False, "reason": "not requested"}
+    cal = calibration or Calibration()
+    save_calibration(out, cal)
     (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
     catalog.save(out / "catalog.json")
     (out / "preprocess.json").write_text(json.dumps(preprocess.to_dict(), indent=2) + "\n")
-    (out / "model_card.md").write_text(model_card(info, catalog, summary or {}))
+    (out / "model_card.md").write_text(model_card(info, catalog, summary or {}, calibration=cal))
     return out
 
 
@@ -82,44 +104,113 @@ def load_release(path: Path) -> Release:
         raise InvalidInputError(f"release cannot be loaded: {type(e).__name__}") from e
     if info.get("catalog_fingerprint") != catalog.fingerprint():
         raise InvalidInputError("release catalog does not match the catalog the model was trained on")
-    return Release(model.eval(), catalog, preprocess, info)
+    return Release(model.eval(), catalog, preprocess, info, load_calibration(path))
 
 
-def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, Any]) -> str:
+# ------------------------------------------------------------------------ model card
+INTENDED_USE = """\
+## Intended use
+Decision support for identifying the manufacturer and model of a hip implant on a
+pre-operative radiograph, for revision planning, by clinicians who confirm the answer with
+operative records or implant stickers before ordering parts.
+
+## Limits
+- Not a diagnostic device, and not validated for any decision without that confirmation.
+- Names only the catalog's classes below: an implant outside the catalog cannot be named and
+  is, at best, reported as `unknown` (calibrated top probability below the threshold, or the
+  image rejected by the quality gate). `unknown` is a screen, not a guarantee.
+- Metrics come from the held-out test set and the sites' validation splits of this run; a
+  hospital whose scanners, views or patient mix differ should check it on its own images
+  (`implantfl-client calibrate` refits the confidence on a site's validation split).
+- Differential privacy protects each training image at its site (sample-level DP-SGD); it
+  lowers accuracy, most for the classes with the fewest images.
+"""
+
+
+def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, Any],
+               *, calibration: Calibration | None = None) -> str:
+    """The release's ``model_card.md``."""
+    from server.export import onnx_summary
+
     cfg = info["config"]
-    final = summary.get("final", {})
-    lines = [
-        f"# ImplantFL model card: {catalog.name} v{catalog.version}",
-        "",
-        "## Intended use",
-        "Decision support for identifying the manufacturer and model of a hip implant on a",
-        "pre-operative radiograph, for revision planning. Not a diagnostic device: confirm with",
-        "operative records. Outputs only the catalog's classes; an implant outside the catalog",
-        "cannot be named.",
-        "",
-        "## Model",
-        f"- architecture: `{info['model']}`, input {info['image_size']}x{info['image_size']} (1 channel)",
-        f"- catalog: {catalog.name} v{catalog.version} ({len(catalog)} classes, fingerprint {info['catalog_fingerprint']})",
-        f"- training: {cfg['num-server-rounds']} rounds of `{cfg['strategy']}`, {cfg['local-epochs']} local epoch(s) per round",
-        f"- created {info['created']} with ImplantFL {info['implantfl_version']}",
-    ]
-    if final:
-        lines += ["", "## Global test metrics", f"- top-1 accuracy {final.get('accuracy', float('nan')):.4f}",
-                  f"- top-3 accuracy {final.get('top3_accuracy', float('nan')):.4f}",
-                  f"- macro F1 {final.get('macro_f1', float('nan')):.4f} on {final.get('examples', 0)} images"]
-    sites = summary.get("sites", {})
-    if sites:
-        lines += ["", "## Sites", "| site | training images | validation images | last validation accuracy |", "|---|---|---|---|"]
-        last = summary.get("rounds", [{}])[-1].get("sites", {}) if summary.get("rounds") else {}
-        for name, s in sites.items():
-            acc = last.get(name, {}).get("val-accuracy")
-            lines.append(f"| {name} | {s.get('train', '')} | {s.get('val', '')} | {'' if acc is None else f'{acc:.3f}'} |")
-    privacy = summary.get("privacy", {})
-    lines += ["", "## Privacy"]
-    if privacy:
-        lines += ["Sample-level DP-SGD (Opacus) at every site.", "", "| site | epsilon | delta | noise multiplier | steps |", "|---|---|---|---|---|"]
-        for name, p in privacy.items():
-            lines.append(f"| {name} | {p['epsilon']:.2f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['steps']} |")
-    else:
-        lines.append("Trained without differential privacy.")
+    rounds = list(summary.get("rounds", []))
+    done = summary.get("rounds_done", len(rounds) or cfg["num-server-rounds"])
+    lines = [f"# ImplantFL model card: {catalog.name} v{catalog.version}", "",
+             f"Released {info['created']} with ImplantFL {info['implantfl_version']}.", "", INTENDED_USE]
+    lines += ["## Model",
+              f"- architecture: `{info['model']}`, input {info['image_size']}x{info['image_size']} (1 channel)",
+              f"- catalog: {catalog.name} v{catalog.version} ({len(catalog)} classes, fingerprint {info['catalog_fingerprint']})",
+              f"- training: {done} of {cfg['num-server-rounds']} rounds of `{cfg['strategy']}`, "
+              f"{cfg['local-epochs']} local epoch(s) per round, batch {cfg['batch-size']}, learning rate {cfg['learning-rate']}",
+              f"- differential privacy: {'on' if cfg.get('dp') else 'off'}",
+              f"- export: {onnx_summary(info)}"]
+    if calibration is not None:
+        lines.append(_calibration_line(calibration))
+    lines += ["", "## Catalog", "| id | manufacturer | model | component |", "|---|---|---|---|"]
+    lines += [f"| {c.id} | {c.manufacturer} | {c.model} | {c.component} |" for c in catalog]
+    lines += _global_metrics(summary.get("final", {}))
+    lines += _sites(summary, rounds)
+    lines += _privacy(summary.get("privacy", {}))
     return "\n".join(lines) + "\n"
+
+
+def _calibration_line(cal: Calibration) -> str:
+    if cal.fitted_on == 0:
+        return "- calibration: none (temperature 1, no `unknown` threshold)"
+    return (f"- calibration: temperature {cal.temperature:.3f}, `unknown` below top probability "
+            f"{cal.unknown_threshold:.3f} ({cal.method}, fitted on {cal.fitted_on} validation images)")
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+        return f"{value:.{digits}f}"
+    return "n/a"
+
+
+def _global_metrics(final: Mapping[str, Any]) -> list[str]:
+    if not final:
+        return []
+    lines = ["", "## Global test metrics", f"On {final.get('examples', 0)} held-out test images:", "",
+             f"- top-1 accuracy {_fmt(final.get('accuracy'))}", f"- top-3 accuracy {_fmt(final.get('top3_accuracy'))}",
+             f"- macro F1 {_fmt(final.get('macro_f1'))}", f"- macro one-vs-rest ROC AUC {_fmt(final.get('macro_auc'))}",
+             f"- expected calibration error {_fmt(final.get('ece'))} (before temperature scaling)"]
+    binary = final.get("binary")
+    if binary:
+        lines += [f"- binary AUC {_fmt(binary.get('auc'))}, Cohen's kappa {_fmt(binary.get('kappa'))}, "
+                  f"precision = recall at threshold {_fmt(binary.get('pr_threshold'), 3)}"]
+    per_class = final.get("per_class", {})
+    if per_class:
+        lines += ["", "| class | precision | sensitivity | specificity | F1 | AUC | test images |", "|---|---|---|---|---|---|---|"]
+        for cid, m in per_class.items():
+            lines.append(f"| {cid} | {_fmt(m.get('precision'), 3)} | {_fmt(m.get('sensitivity'), 3)} | "
+                         f"{_fmt(m.get('specificity'), 3)} | {_fmt(m.get('f1'), 3)} | {_fmt(m.get('auc'), 3)} | {m.get('support', 0)} |")
+    return lines
+
+
+def _sites(summary: Mapping[str, Any], rounds: list[Mapping[str, Any]]) -> list[str]:
+    sites = summary.get("sites", {})
+    if not sites:
+        return []
+    last: dict[str, Mapping[str, Any]] = {}
+    for r in rounds:  # each site's latest reported metrics (a site may skip the last round)
+        for name, m in r.get("sites", {}).items():
+            if m.get("status", "ok") == "ok":
+                last[name] = m
+    lines = ["", "## Sites", "Example counts and each site's metrics on its own validation split in the last round it took part in.", "",
+             "| site | kind | training images | validation images | validation accuracy | validation loss |", "|---|---|---|---|---|---|"]
+    for name, s in sites.items():
+        m = last.get(name, {})
+        lines.append(f"| {name} | {s.get('kind', '')} | {s.get('train', '')} | {s.get('val', '')} | "
+                     f"{_fmt(m.get('val-accuracy'), 3)} | {_fmt(m.get('val-loss'), 3)} |")
+    return lines
+
+
+def _privacy(privacy: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = ["", "## Privacy"]
+    if not privacy:
+        return lines + ["Trained without differential privacy."]
+    lines += ["Sample-level DP-SGD (Opacus) at every site; epsilon is cumulative over every round the site trained.", "",
+              "| site | epsilon | delta | noise multiplier | steps |", "|---|---|---|---|---|"]
+    for name, p in privacy.items():
+        lines.append(f"| {name} | {p['epsilon']:.2f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['steps']} |")
+    return lines

@@ -155,6 +155,9 @@ def run(opts: SimOptions) -> dict[str, Any]:
     load_record(model, state.arrays)
     res = evaluate(model, x_test, y_test, device=device)
     final = classification_summary(res.labels, res.probs, prep.fed.catalog.ids)
+    from common.calibration import fit_from_splits
+
+    calibration = fit_from_splits(model, [d.val() for d in data.values()])
 
     results: dict[str, Any] = {
         "out": str(prep.out),
@@ -174,8 +177,9 @@ def run(opts: SimOptions) -> dict[str, Any]:
         results["baseline"] = {"centralized": {"final": base.final, "accuracy_per_epoch": base.accuracy_per_epoch,
                                                "train_examples": base.train_examples, "dp": False}}
     prep.timing["wall_s"] = time.monotonic() - t_start
+    results["calibration"] = calibration.to_dict()
     results["timing"] = prep.timing
-    write_outputs(prep, state.arrays, results)
+    write_outputs(prep, state.arrays, results, calibration)
     return results
 
 
@@ -251,12 +255,12 @@ def privacy_summary(rounds: list[dict[str, Any]], cfg: RunConfig) -> dict[str, d
     return out
 
 
-def write_outputs(prep: Prepared, arrays: Any, results: dict[str, Any]) -> None:
+def write_outputs(prep: Prepared, arrays: Any, results: dict[str, Any], calibration: Any = None) -> None:
     from server.release import write_release
     from simulations.report import write_plots, write_report, write_results
 
     write_results(prep.out, results)
     write_release(prep.out / "release", arrays=arrays, config=prep.cfg, catalog=prep.fed.catalog,
-                  preprocess=prep.params, summary=results)
+                  preprocess=prep.params, summary=results, calibration=calibration)
     write_plots(prep.out, results)
     write_report(prep.out, results)

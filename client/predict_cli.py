@@ -1,0 +1,135 @@
+"""``implantfl-client predict`` and ``implantfl-client calibrate``.
+
+Mounted into ``client.cli`` with ``predict_cli.add_parsers(sub)``. ``predict`` exits 0
+when at least one file was answered (``unknown`` counts as an answer), 1 when none was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from common.errors import ConfigError
+
+
+def add_parsers(sub: Any) -> None:
+    """Add ``predict`` and ``calibrate`` to the ``implantfl-client`` subcommands."""
+    p = sub.add_parser("predict", help="identify the implant on X-rays (top-k, unknown flag, Grad-CAM)",
+                       description="Identify the implant on each FILE with a model release. Files go through the "
+                                   "same ingest and preprocessing as training images.")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM, PNG or JPEG radiographs")
+    p.add_argument("--model", type=Path, required=True, metavar="RELEASE", help="model release folder")
+    p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to list per file (default 3)")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="write a Grad-CAM overlay PNG per file into DIR")
+    p.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="CPU threads for the model (default 1: fastest for single images on a shared machine)")
+    p.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("calibrate", help="fit the release's confidence calibration on this site's validation split",
+                       description="Fit temperature scaling and the unknown threshold on the site's validation "
+                                   "split and write calibration.json into the release.")
+    c.add_argument("--model", type=Path, required=True, metavar="RELEASE", help="model release folder (updated in place)")
+    c.add_argument("--data", type=Path, required=True, metavar="SITE_DIR", help="the site's labelled data folder")
+    c.add_argument("--config", type=Path, help="site.toml (label map, cache dir)")
+    c.add_argument("--cache", type=Path, help="preprocessing cache folder (default: none)")
+    c.add_argument("--val-fraction", type=float, default=0.2, help="validation share, as in training (default 0.2)")
+    c.add_argument("--quantile", type=float, default=0.05,
+                   help="share of correctly classified validation images that may be flagged unknown (default 0.05)")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_calibrate)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from client.predict import predict_files
+
+    if args.top_k < 1:
+        raise ConfigError("--top-k must be at least 1")
+    if args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
+    torch.set_num_threads(args.threads)
+    show_bar = not args.json and len(args.files) > 1
+    with _progress(len(args.files), show_bar) as advance:
+        answers = predict_files(args.files, args.model, top_k=args.top_k, cam_dir=args.cam, on_file=lambda _a: advance())
+    if args.json:
+        print(json.dumps([a.to_dict() for a in answers], indent=2))
+    else:
+        for a in answers:
+            print(format_answer(a))
+    return 0 if any(a.answered for a in answers) else 1
+
+
+def format_answer(a: Any) -> str:
+    """Plain-text block for one answer."""
+    lines = [a.file]
+    if a.error is not None:
+        return "\n".join(lines + [f"  not answered: {a.error}" + (f" ({a.detail})" if a.detail else "")])
+    for i, t in enumerate(a.top_k, 1):
+        name = f"{t['manufacturer']} {t['model']}"
+        lines.append(f"  {i}. {name:<32} {t['id']:<16} {100 * t['probability']:5.1f}%")
+    if a.unknown:
+        lines.append(f"  UNKNOWN ({a.reason}): {a.detail}")
+    if a.cam:
+        lines.append(f"  Grad-CAM: {a.cam}")
+    return "\n".join(lines)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from client.predict import open_release
+    from client.site_data import load_site
+    from common.calibration import MIN_IMAGES, fit_calibration, predict_logits, save_calibration
+    from common.metrics import expected_calibration_error
+
+    release = open_release(args.model)
+    labels = cache = None
+    if args.config is not None:
+        from client.site_config import SiteConfig
+
+        cfg = SiteConfig.load(args.config)
+        labels, cache = cfg.labels, cfg.cache_dir
+    data = load_site(args.data, catalog=release.catalog, params=release.preprocess, label_map=labels,
+                     cache_dir=args.cache or cache, val_fraction=args.val_fraction, progress=not args.json)
+    x_val, y_val = data.val()
+    if len(y_val) < MIN_IMAGES:
+        raise ConfigError(f"the site has {len(y_val)} validation image(s) and calibration needs at least {MIN_IMAGES}; "
+                          "raise --val-fraction (use the fraction training used, so no training image is reused)")
+    logits = predict_logits(release.model, x_val)
+    cal = fit_calibration(logits, y_val, quantile=args.quantile)
+    save_calibration(args.model, cal)
+    before = release.calibration.probabilities(logits)
+    after = cal.probabilities(logits)
+    out = {**cal.to_dict(), "ece_before": expected_calibration_error(y_val, before),
+           "ece_after": expected_calibration_error(y_val, after),
+           "val_accuracy": float((after.argmax(1) == y_val).mean()),
+           "flagged_unknown": float(cal.is_unknown(after).mean())}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"calibration written: temperature {cal.temperature:.3f}, unknown below {cal.unknown_threshold:.3f} "
+              f"(fitted on {cal.fitted_on} validation images; ECE {out['ece_before']:.3f} -> {out['ece_after']:.3f}; "
+              f"{100 * out['flagged_unknown']:.1f}% of them would be flagged unknown)")
+    return 0
+
+
+def _progress(total: int, show: bool):  # noqa: ANN202
+    from contextlib import contextmanager, nullcontext
+
+    if not show:
+        return nullcontext(lambda: None)
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextmanager
+    def ctx():  # noqa: ANN202
+        with Progress(TextColumn("[bold]identifying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      transient=True, console=Console(stderr=True)) as prog:
+            task = prog.add_task("predict", total=total)
+            yield lambda: prog.advance(task)
+
+    return ctx()
+

@@ -1,0 +1,168 @@
+"""Temperature scaling and the ``unknown`` threshold of a release (``calibration.json``).
+
+A federated model's softmax is usually over-confident, and DP noise makes it worse.
+Temperature scaling (Guo et al., 2017) divides the logits by one scalar ``T`` fitted to
+minimise the negative log-likelihood on held-out validation predictions; it changes no
+prediction, only the confidence. At the bedside an image whose calibrated top
+probability falls below ``unknown_threshold`` is reported as ``unknown`` instead of being
+forced into a catalog class.
+
+The threshold is the ``quantile`` (default 5th percentile) of the calibrated top
+probability of the *correctly classified* validation images: by construction about 95% of
+in-distribution images the model gets right pass it, while inputs unlike any training
+image (no implant, a photograph, noise) tend to fall below it. If no validation image is
+classified correctly the quantile of all images is used.
+
+Fitting reads validation predictions only (two scalars come out). In a simulation the
+researcher pools every site's validation split (:func:`fit_from_splits`); at a real site
+``implantfl-client calibrate`` fits on that site's own split and the result stays in the
+site's copy of the release. Neither step is covered by DP-SGD's guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from common.errors import InvalidInputError
+
+logger = logging.getLogger(__name__)
+
+FILENAME = "calibration.json"
+DEFAULT_QUANTILE = 0.05  # share of correctly classified validation images flagged unknown
+MIN_IMAGES = 20  # fewer validation images than this give no usable temperature or quantile
+T_RANGE = (0.05, 20.0)  # temperatures outside this range are clamped (degenerate fits)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float = 1.0  # logits are divided by this before the softmax
+    unknown_threshold: float = 0.0  # calibrated top probability below this -> "unknown"
+    fitted_on: int = 0  # validation images the fit used (0 = not fitted: identity)
+    method: str = "none"  # how it was fitted, e.g. "temperature-lbfgs+q0.05-correct"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise InvalidInputError("calibration temperature must be a positive number")
+        if not 0.0 <= self.unknown_threshold <= 1.0:
+            raise InvalidInputError("calibration unknown_threshold must be between 0 and 1")
+
+    def probabilities(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Calibrated softmax of (N, C) logits (or log-probabilities)."""
+        t = torch.as_tensor(np.asarray(logits, dtype=np.float32) if isinstance(logits, np.ndarray) else logits)
+        return torch.softmax(t.detach().float() / self.temperature, dim=-1).cpu().numpy()
+
+    def is_unknown(self, probs: np.ndarray) -> np.ndarray:
+        """(N,) True where the calibrated top probability is below the threshold."""
+        return np.asarray(probs).max(axis=-1) < self.unknown_threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        try:
+            return cls(temperature=float(data["temperature"]), unknown_threshold=float(data["unknown_threshold"]),
+                       fitted_on=int(data.get("fitted_on", 0)), method=str(data.get("method", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidInputError(f"calibration is missing or has a bad field: {type(e).__name__}") from e
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 100) -> float:
+    """The temperature minimising the NLL of ``softmax(logits / T)`` (LBFGS on log T)."""
+    z = torch.as_tensor(np.asarray(logits, dtype=np.float64))
+    y = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+    if len(y) == 0:
+        raise InvalidInputError("no validation predictions to calibrate on")
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    return float(np.clip(t, *T_RANGE)) if math.isfinite(t) else 1.0
+
+
+def unknown_threshold(probs: np.ndarray, labels: np.ndarray, *, quantile: float = DEFAULT_QUANTILE) -> float:
+    """``quantile`` of the top probability of the correctly classified images (all if none)."""
+    if not 0.0 <= quantile < 1.0:
+        raise InvalidInputError("unknown quantile must be in [0, 1)")
+    top = probs.max(1)
+    correct = probs.argmax(1) == labels
+    pool = top[correct] if correct.any() else top
+    return float(np.quantile(pool, quantile)) if len(pool) else 0.0
+
+
+def fit_calibration(logits: np.ndarray, labels: np.ndarray, *, quantile: float = DEFAULT_QUANTILE,
+                    min_images: int = MIN_IMAGES) -> Calibration:
+    """Temperature and unknown threshold from validation logits and labels.
+
+    Raises ``InvalidInputError`` with fewer than ``min_images`` validation images.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) < min_images:
+        raise InvalidInputError(f"only {len(labels)} validation image(s); calibration needs at least {min_images}")
+    t = fit_temperature(logits, labels)
+    cal = Calibration(temperature=t, fitted_on=len(labels))
+    thr = unknown_threshold(cal.probabilities(logits), labels, quantile=quantile)
+    return Calibration(temperature=t, unknown_threshold=thr, fitted_on=len(labels),
+                       method=f"temperature-lbfgs+q{quantile:g}-correct")
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+    """(N, C) raw outputs of ``model`` (eval mode, CPU or the model's device) on (N, 1, S, S)."""
+    model.eval()
+    device = next(model.parameters()).device
+    parts = [model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)).to(device)).cpu()
+             for i in range(0, len(x), batch_size)]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 0), np.float32)
+
+
+def fit_from_splits(model: torch.nn.Module, splits: Iterable[tuple[np.ndarray, np.ndarray]],
+                    *, quantile: float = DEFAULT_QUANTILE, min_images: int = MIN_IMAGES) -> Calibration:
+    """Fit on the pooled validation splits ``(x_val, y_val)`` of several sites (simulation).
+
+    With fewer than ``min_images`` validation images in all, the identity calibration is
+    returned (and a warning logged): a release without calibration is still usable.
+    """
+    logits, labels = [], []
+    for x, y in splits:
+        if len(y):
+            logits.append(predict_logits(model, x))
+            labels.append(np.asarray(y, dtype=np.int64))
+    n = sum(len(y) for y in labels)
+    if n < min_images:
+        logger.warning("not calibrated: %d pooled validation image(s), at least %d needed", n, min_images)
+        return Calibration(method=f"none: {n} validation images < {min_images}")
+    return fit_calibration(np.concatenate(logits), np.concatenate(labels), quantile=quantile, min_images=min_images)
+
+
+def save_calibration(release_dir: Path, cal: Calibration) -> Path:
+    path = Path(release_dir) / FILENAME
+    path.write_text(json.dumps(cal.to_dict(), indent=2) + "\n")
+    return path
+
+
+def load_calibration(release_dir: Path) -> Calibration:
+    """The release's calibration, or the identity (T = 1, threshold 0) if it has none."""
+    path = Path(release_dir) / FILENAME
+    if not path.exists():
+        return Calibration()
+    try:
+        return Calibration.from_dict(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InvalidInputError(f"calibration.json cannot be read: {type(e).__name__}") from e

@@ -1,0 +1,301 @@
+"""Bedside prediction: top-k, the unknown flag, Grad-CAM, errors, and the predict/calibrate commands.
+
+The module fixture generates the ``smoke`` synthetic federation, trains the study CNN
+briefly on the pooled site training splits, calibrates it on the pooled validation splits
+and writes a release, as a simulation run does.
+"""
+
+import argparse
+import csv
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord
+
+from client.gradcam import cam_target, grad_cam, peak
+from client.predict import (
+    COLOUR_PICTURE,
+    LOW_CONFIDENCE,
+    Predictor,
+    cam_names,
+    open_release,
+    predict_files,
+)
+from client.predict_cli import add_parsers
+from client.site_data import load_site
+from client.transforms import CropROI, Resize, Sample
+from common.calibration import Calibration, fit_from_splits, save_calibration
+from common.catalog import Catalog
+from common.config import RunConfig
+from common.models import build_model
+from common.preprocess_params import PreprocessParams
+
+SIZE = 64
+EPOCHS = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared CPU, small single-image models run ~10x faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory) -> Path:
+    from simulations.synth import generate
+
+    out = tmp_path_factory.mktemp("fed") / "smoke"
+    generate(out, preset="smoke", seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def release(fed, tmp_path_factory) -> Path:
+    from server.release import write_release
+
+    catalog = Catalog.load(fed / "catalog.json")
+    params = PreprocessParams(image_size=SIZE)
+    sites = [load_site(d, catalog=catalog, params=params, val_fraction=0.3) for d in sorted((fed / "sites").iterdir())]
+    x = torch.from_numpy(np.concatenate([s.train()[0] for s in sites]))
+    y = torch.from_numpy(np.concatenate([s.train()[1] for s in sites]))
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=len(catalog), image_size=SIZE)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(EPOCHS):
+        model.train()
+        order = torch.randperm(len(y), generator=gen)
+        for i in range(0, len(y), 32):
+            idx = order[i : i + 32]
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    cal = fit_from_splits(model, [s.val() for s in sites])
+    out = tmp_path_factory.mktemp("release") / "release"
+    return write_release(out, arrays=ArrayRecord(model.state_dict()), config=RunConfig(model="cnn", image_size=SIZE),
+                         catalog=catalog, preprocess=params, calibration=cal, onnx=False)
+
+
+@pytest.fixture(scope="module")
+def predictor(release) -> Predictor:
+    return Predictor(release)
+
+
+@pytest.fixture(scope="module")
+def test_items(fed) -> list[dict]:
+    """Every global test image with its label and implant mask file."""
+    labels = {r["file"]: r["label"] for r in csv.DictReader(open(fed / "test" / "labels.csv"))}
+    return [{**r, "label": labels[r["file"]]} for r in csv.DictReader(open(fed / "test" / "annotations.csv"))]
+
+
+@pytest.fixture(scope="module")
+def clean_items(predictor, fed, test_items) -> list[dict]:
+    """The test images the quality gate accepts (a few generated images are hard cases it rejects)."""
+    return [it for it in test_items if predictor.prepare(fed / "test" / it["file"]).image is not None]
+
+
+@pytest.fixture(scope="module")
+def clean_image(fed, clean_items) -> Path:
+    return fed / "test" / clean_items[0]["file"]
+
+
+@pytest.fixture(scope="module")
+def odd_images(tmp_path_factory) -> dict[str, Path]:
+    """Images with no implant: blank, noise, and a drawn colourful scene."""
+    d = tmp_path_factory.mktemp("odd")
+    rng = np.random.default_rng(0)
+    scene = np.zeros((224, 192, 3), np.uint8)
+    scene[:120], scene[120:] = (235, 180, 90), (60, 170, 60)  # sky, grass (BGR)
+    cv2.circle(scene, (150, 45), 25, (0, 230, 255), -1)  # sun
+    cv2.rectangle(scene, (30, 90), (100, 170), (40, 40, 200), -1)  # house
+    cv2.fillPoly(scene, [np.array([[25, 90], [65, 55], [105, 90]])], (30, 60, 120))  # roof
+    images = {"blank": np.full((224, 192), 128, np.uint8), "noise": rng.integers(0, 256, (224, 192)).astype(np.uint8),
+              "scene": scene}
+    paths = {}
+    for name, img in images.items():
+        paths[name] = d / f"{name}.png"
+        cv2.imwrite(str(paths[name]), img)
+    return paths
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="implantfl-client")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+# ---------------------------------------------------------------------- predict command
+def test_predict_answers_a_dicom_and_a_png(fed, release, clean_items, capsys):
+    # Prepare: one file of each kind from the generated test set
+    files = [fed / "test" / it["file"] for it in clean_items]
+    dcm = next(f for f in files if f.suffix == ".dcm")
+    png = next(f for f in files if f.suffix == ".png")
+    # Execute
+    code = _cli(["predict", str(dcm), str(png), "--model", str(release), "--json"])
+    # Assert
+    answers = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert [a["file"] for a in answers] == [str(dcm), str(png)]
+    ids = set(Catalog.load(release / "catalog.json").ids)
+    for a in answers:
+        probs = [t["probability"] for t in a["top_k"]]
+        assert len(a["top_k"]) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        assert {t["id"] for t in a["top_k"]} <= ids and all(t["manufacturer"] and t["model"] for t in a["top_k"])
+        assert isinstance(a["unknown"], bool) and a["cam"] is None
+
+
+def test_bad_files_get_an_error_and_the_others_are_still_answered(release, clean_image, tmp_path, capsys):
+    # Prepare
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    good = clean_image
+    # Execute
+    code = _cli(["predict", str(notes), str(tmp_path / "missing.png"), str(good), "--model", str(release), "--json"])
+    answers = json.loads(capsys.readouterr().out)
+    code_none = _cli(["predict", str(notes), "--model", str(release), "--json"])
+    # Assert
+    assert code == 0 and code_none == 1
+    assert [a.get("error") for a in answers] == ["unreadable", "unreadable", None]
+    assert set(answers[0]) == {"file", "error", "detail"} and len(answers[2]["top_k"]) == 3
+
+
+def test_text_output_lists_the_top_k_and_writes_overlays(release, clean_image, tmp_path, capsys):
+    # Prepare
+    image = clean_image
+    # Execute
+    code = _cli(["predict", str(image), "--model", str(release), "--top-k", "2", "--cam", str(tmp_path / "cams")])
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0 and out.startswith(str(image)) and "  1. " in out and "  2. " in out and "  3. " not in out
+    overlay = cv2.imread(str(tmp_path / "cams" / f"{image.stem}.cam.png"))
+    assert overlay is not None and overlay.shape[0] == 256 and overlay.shape[1] > 256
+
+
+def test_logs_name_no_paths(fed, release, clean_image, odd_images, tmp_path, caplog):
+    files = [clean_image, odd_images["blank"], tmp_path / "missing.dcm"]
+    with caplog.at_level(logging.DEBUG):
+        predict_files(files, release, cam_dir=tmp_path / "cams")
+    assert caplog.records, "predict should log what it did"
+    for rec in caplog.records:
+        text = rec.getMessage()
+        assert str(tmp_path) not in text and str(fed) not in text and ".png" not in text and ".dcm" not in text
+
+
+# ---------------------------------------------------------------------- unknown flag
+@pytest.mark.parametrize("name", ["blank", "noise", "scene"])
+def test_unknown_fires_on_images_without_an_implant(predictor, odd_images, name):
+    answer = predictor.predict_file(odd_images[name])
+    assert answer.answered and answer.unknown, answer
+    assert answer.reason != LOW_CONFIDENCE or answer.top_k  # a low-confidence answer still lists classes
+
+
+def test_colour_scene_is_recognised_as_a_picture(predictor, odd_images):
+    assert predictor.predict_file(odd_images["scene"]).reason == COLOUR_PICTURE
+
+
+def test_unknown_spares_most_clean_test_images(predictor, fed, clean_items):
+    flags = [predictor.predict_file(fed / "test" / it["file"]).unknown for it in clean_items]
+    assert len(flags) >= 30 and np.mean(flags) < 0.5
+
+
+@pytest.mark.parametrize(("threshold", "flagged"), [(1.0, True), (0.0, False)])
+def test_unknown_threshold_decides_for_clean_images(release, clean_image, tmp_path, threshold, flagged):
+    # Prepare: a copy of the release with another threshold
+    import shutil
+
+    copy = shutil.copytree(release, tmp_path / "rel")
+    save_calibration(copy, Calibration(temperature=1.0, unknown_threshold=threshold, fitted_on=1, method="test"))
+    # Execute
+    answer = Predictor(copy).predict_file(clean_image)
+    # Assert
+    assert answer.unknown is flagged and len(answer.top_k) == 3
+    assert (answer.reason == LOW_CONFIDENCE) is flagged
+
+
+# ---------------------------------------------------------------------- Grad-CAM
+def _implant_box_in_model_input(predictor: Predictor, fed: Path, item: dict) -> tuple[int, int, int, int]:
+    """The annotated implant mask carried through the same ROI crop and resize as the image."""
+    from client.ingest import read_image
+
+    pixels = read_image(fed / "test" / item["file"], predictor.params).pixels
+    seg = predictor.pipeline(Sample(pixels)).seg
+    mask = cv2.imread(str(fed / "test" / item["mask"]), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255
+    crop = Resize(SIZE)(CropROI(predictor.params.roi_margin)(Sample(mask, seg))).image > 0.5
+    ys, xs = np.nonzero(crop)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_gradcam_peak_falls_on_the_implant_far_more_often_than_chance(predictor, fed, clean_items):
+    hits, chance = [], []
+    for item in clean_items[::2]:
+        prep = predictor.prepare(fed / "test" / item["file"])
+        x0, y0, x1, y1 = _implant_box_in_model_input(predictor, fed, item)
+        px, py = peak(predictor.cam(prep.image, int(predictor.probabilities(prep.image).argmax())))
+        hits.append(x0 <= px < x1 and y0 <= py < y1)
+        chance.append((x1 - x0) * (y1 - y0) / SIZE**2)  # a peak drawn uniformly at random
+    assert np.mean(hits) >= max(2 * np.mean(chance), 0.6), (np.mean(hits), np.mean(chance))
+
+
+def test_gradcam_uses_the_cam_layer_before_its_pooling():
+    model = build_model("cnn", num_classes=3, image_size=32)
+    assert cam_target(model) is model.features[-1][2]  # conv -> norm -> ReLU | max-pool -> dropout
+    cam = grad_cam(model, torch.rand(1, 1, 32, 32))
+    assert cam.shape == (32, 32) and cam.min() >= 0 and cam.max() <= 1
+
+
+def test_models_without_a_cam_layer_get_a_saliency_map():
+    model = build_model("dnn", num_classes=3, image_size=32).eval()
+    cam = grad_cam(model, torch.rand(1, 1, 32, 32))
+    assert cam_target(model) is None and cam.shape == (32, 32) and cam.max() == pytest.approx(1.0)
+
+
+def test_overlay_names_are_unique_per_batch(tmp_path):
+    names = cam_names([Path("a/x.dcm"), Path("b/x.png"), Path("y.png")], tmp_path)
+    assert [n.name for n in names] == ["x.cam.png", "x-2.cam.png", "y.cam.png"]
+
+
+# ---------------------------------------------------------------------- release + calibrate
+def test_client_loader_reads_the_server_release_identically(release):
+    from server.release import load_release
+
+    x = torch.rand(2, 1, SIZE, SIZE)
+    ours, theirs = open_release(release), load_release(release)
+    with torch.no_grad():
+        assert torch.equal(ours.model(x), theirs.model(x))
+    assert ours.calibration == theirs.calibration and ours.preprocess == theirs.preprocess
+
+
+def test_calibrate_writes_the_sites_calibration_into_the_release(release, fed, tmp_path, capsys):
+    # Prepare
+    import shutil
+
+    copy = shutil.copytree(release, tmp_path / "rel")
+    site = fed / "sites" / "mfr-auralis"
+    # Execute
+    code = _cli(["calibrate", "--model", str(copy), "--data", str(site), "--cache", str(tmp_path / "cache"),
+                 "--val-fraction", "0.8", "--json"])
+    # Assert
+    out = json.loads(capsys.readouterr().out)
+    cal = json.loads((copy / "calibration.json").read_text())
+    n_val = int(load_site(site, catalog=Catalog.load(copy / "catalog.json"), params=PreprocessParams(image_size=SIZE),
+                          cache_dir=tmp_path / "cache", val_fraction=0.8).is_val.sum())
+    assert code == 0 and cal["fitted_on"] == out["fitted_on"] == n_val >= 20
+    assert cal["temperature"] > 0 and 0 <= cal["unknown_threshold"] <= 1 and cal["method"].startswith("temperature")
+
+
+def test_calibrate_refuses_a_split_too_small_to_fit(release, fed, tmp_path):
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="validation image"):
+        _cli(["calibrate", "--model", str(release), "--data", str(fed / "sites" / "hosp-a"), "--val-fraction", "0.05"])
