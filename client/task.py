@@ -124,7 +124,8 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
     device = pick_device(site.device)
     model = _model(cfg, len(catalog), arrays)
     settings = TrainSettings(
-        epochs=cfg.local_epochs, batch_size=batch, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+        epochs=cfg.local_epochs, batch_size=batch, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, dp=cfg.dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
         proximal_mu=proximal_mu, seed=cfg.seed * 100_003 + server_round,
         loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,

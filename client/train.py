@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 class TrainSettings:
     epochs: int = 1  # passes over the local training split
     batch_size: int = 32  # expected batch size (Poisson-sampled under DP)
+    optimizer: str = "sgd"  # sgd | adam (Opacus privatises either)
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -85,12 +86,23 @@ def train_local(
     torch.manual_seed(settings.seed)
     model.to(device).train()
     global_params = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
-    )
+    if settings.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+    elif settings.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay
+        )
+    else:
+        raise ValueError(f"unknown optimizer {settings.optimizer!r}")
     loader = _loader(x, y, min(settings.batch_size, n), shuffle=True, seed=settings.seed)
     net: nn.Module = model
     sample_rate = 0.0
+    criterion = make_loss(settings.loss, y, fedrs_alpha=settings.fedrs_alpha, logit_tau=settings.logit_tau)
+    ghost = settings.dp and settings.grad_sample_mode == "ghost"
+    if ghost and (settings.loss != "ce" or settings.proximal_mu > 0):
+        raise ValueError("ghost clipping supports only the plain cross-entropy loss without a proximal term")
     if settings.dp:
         from opacus import PrivacyEngine
 
@@ -98,7 +110,7 @@ def train_local(
             # Opacus warns that secure_mode is off; our threat model is documented in the README.
             warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
             engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-            net, optimizer, loader = engine.make_private(
+            private = engine.make_private(
                 module=model,
                 optimizer=optimizer,
                 data_loader=loader,
@@ -106,9 +118,13 @@ def train_local(
                 max_grad_norm=settings.max_grad_norm,
                 poisson_sampling=settings.poisson_sampling,
                 grad_sample_mode=settings.grad_sample_mode,
+                criterion=nn.CrossEntropyLoss(),  # used (wrapped) by ghost clipping only
             )
+        if ghost:  # ghost clipping also wraps the loss: its backward() runs both passes
+            net, optimizer, criterion, loader = private
+        else:
+            net, optimizer, loader = private
         sample_rate = 1.0 / len(loader)
-    criterion = make_loss(settings.loss, y, fedrs_alpha=settings.fedrs_alpha, logit_tau=settings.logit_tau)
     flip_gen = torch.Generator().manual_seed(settings.seed + 1)
     steps, loss_sum, correct, seen = 0, 0.0, 0, 0
     for epoch in range(settings.epochs):
@@ -116,6 +132,9 @@ def train_local(
         for xb, yb in loader:
             if len(yb) == 0:  # Poisson sampling can draw an empty batch
                 optimizer.zero_grad(set_to_none=True)
+                if ghost:  # ghost's optimizer noises p.grad: an empty batch's clipped sum is zero
+                    for p in model.parameters():
+                        p.grad = torch.zeros_like(p)
                 optimizer.step()
                 steps += 1
                 continue

@@ -14,6 +14,7 @@ from typing import Any
 
 from common.errors import ConfigError
 
+OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("rdp", "prv")
 LOSSES = ("ce", "fedrs", "logit-adjust", "class-balanced")  # client.losses (common cannot import client)
@@ -28,9 +29,10 @@ class RunConfig:
     image_size: int = 64  # model input side, pixels (must match preprocessing)
     local_epochs: int = 1  # passes over the site's training split per round
     batch_size: int = 32  # expected batch size (Poisson-sampled under DP)
-    learning_rate: float = 0.05  # local SGD learning rate
-    momentum: float = 0.9  # local SGD momentum
-    weight_decay: float = 0.0  # local SGD weight decay
+    optimizer: str = "adam"  # local optimizer: adam (measured: learns the catalog far faster) | sgd
+    learning_rate: float = 0.002  # local learning rate
+    momentum: float = 0.9  # SGD momentum (optimizer = sgd)
+    weight_decay: float = 0.0  # local weight decay
     strategy: str = "fedavg"  # aggregation strategy
     proximal_mu: float = 0.01  # FedProx proximal term (strategy = fedprox)
     server_learning_rate: float = 0.1  # FedAdam eta (strategy = fedadam)
@@ -80,7 +82,7 @@ class RunConfig:
             "logit_adjust_tau": (0.0, 10.0),
             "val_fraction": (0.0, 0.9),
         }
-        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES}
+        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES, "optimizer": OPTIMIZERS}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if not lo <= value <= hi:

@@ -35,6 +35,7 @@ def train_centralized(
     *,
     device: torch.device,
     epochs: int | None = None,
+    progress: bool = False,
 ) -> BaselineResult:
     """Pool ``train`` splits, train without DP, evaluate on ``test`` after every epoch."""
     t0 = time.monotonic()
@@ -44,9 +45,10 @@ def train_centralized(
     model = build_model(cfg.model, num_classes=len(class_ids), image_size=cfg.image_size)
     n_epochs = epochs or cfg.num_server_rounds * cfg.local_epochs
     history = []
-    for epoch in range(n_epochs):
+    for epoch in _epochs(n_epochs, progress):
         settings = TrainSettings(
-            epochs=1, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+            epochs=1, batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
+            momentum=cfg.momentum,
             weight_decay=cfg.weight_decay, dp=False, seed=cfg.seed * 100_003 + epoch,
         )
         train_local(model, x, y, settings, device=device)
@@ -54,3 +56,12 @@ def train_centralized(
     res = evaluate(model, *test, device=device)
     final = classification_summary(res.labels, res.probs, class_ids)
     return BaselineResult(final, history, time.monotonic() - t0, int(len(y)))
+
+
+def _epochs(n: int, progress: bool):  # noqa: ANN202
+    if not progress:
+        yield from range(n)
+        return
+    from rich.progress import track
+
+    yield from track(range(n), description="centralised baseline epochs", transient=True)

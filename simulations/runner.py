@@ -172,7 +172,8 @@ def run(opts: SimOptions) -> dict[str, Any]:
     if opts.baseline:
         from simulations.centralized import train_centralized
 
-        base = train_centralized([d.train() for d in data.values()], (x_test, y_test), prep.cfg, prep.fed.catalog.ids, device=device)
+        base = train_centralized([d.train() for d in data.values()], (x_test, y_test), prep.cfg, prep.fed.catalog.ids, device=device,
+                                 progress=opts.progress)
         prep.timing["baseline_s"] = base.wall_s
         results["baseline"] = {"centralized": {"final": base.final, "accuracy_per_epoch": base.accuracy_per_epoch,
                                                "train_examples": base.train_examples, "dp": False}}
@@ -201,7 +202,8 @@ def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -
         flwr_logger = logging.getLogger("flwr")
         old = flwr_logger.level
         if not opts.verbose:
-            flwr_logger.setLevel(logging.WARNING)
+            flwr_logger.setLevel(logging.ERROR)  # Flower's per-round INFO and deprecation notices
+            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
         t0 = time.monotonic()
         try:
             run_simulation(server_app=build_server_app(setup), client_app=build_client_app(sites),

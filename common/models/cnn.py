@@ -22,6 +22,7 @@ class CNNConfig:
     block_dropout: float = 0.0  # dropout after each conv block (measured: > 0 stalls SGD on 1.3k images)
     dropout: float = 0.2  # dropout before the last layer
     hidden: int = 128  # width of the fully connected layer
+    pool_size: int = 4  # spatial grid kept before the head (4x4 keeps the implant's geometry)
 
 
 def _block(c_in: int, c_out: int, groups: int, dropout: float) -> nn.Sequential:
@@ -46,10 +47,10 @@ class ImplantCNN(nn.Module):
             layers.append(_block(c_in, c_out, cfg.groups, cfg.block_dropout))
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.pool = nn.AdaptiveAvgPool2d(cfg.pool_size)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(c_in * 4, cfg.hidden),
+            nn.Linear(c_in * cfg.pool_size**2, cfg.hidden),
             nn.ReLU(inplace=False),
             nn.Dropout(cfg.dropout),
             nn.Linear(cfg.hidden, cfg.num_classes),

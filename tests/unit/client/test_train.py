@@ -68,7 +68,7 @@ def test_training_learns_a_simple_signal(name):
     x, y = _data(n=96)
     model = _fresh(name)
     before = evaluate(model, x, y, device=CPU).loss
-    train_local(model, x, y, TrainSettings(epochs=8, batch_size=16, learning_rate=0.05), device=CPU)
+    train_local(model, x, y, TrainSettings(epochs=8, batch_size=16, optimizer="adam", learning_rate=0.005), device=CPU)
     after = evaluate(model, x, y, device=CPU)
     assert after.loss < before
     assert after.accuracy > 0.8
