@@ -1,142 +1,155 @@
-"""Generate a whole synthetic federation: sites, labels, annotations, test set, catalog."""
+"""Generate a whole synthetic federation: catalog, sites, labels, annotations, test set.
+
+Output layout (a contract read by the client pipeline, see docs/data-layout.md)::
+
+    OUT/catalog.json  OUT/federation.json
+    OUT/sites/<site>/{site.toml, labels.csv, annotations.csv, images/, masks/}
+    OUT/test/         same layout; labels are catalog ids
+
+Every image is a pure function of (preset, seed, site, index), so a (preset, seed) gives
+byte-identical files.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from simulations.synth.acquisition import SiteStyle, random_style
-from simulations.synth.catalog_spec import DESIGNS, StemDesign, build_catalog
+from simulations.synth.catalog_spec import StemDesign, build_catalog
+from simulations.synth.planning import SitePlan, plan_sites, preset_designs
 from simulations.synth.presets import SynthPreset, get_preset
 from simulations.synth.render import render
-from simulations.synth.writers import write_dicom, write_png
+from simulations.synth.writers import DicomIdentity, write_dicom, write_mask, write_png
 
 logger = logging.getLogger(__name__)
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
+_GOLDEN = 0.6180339887  # low-discrepancy sequence: fractions of files get a setting evenly
 
 
-@dataclass(frozen=True)
-class SitePlan:
-    name: str
-    kind: str  # manufacturer | hospital | test
-    manufacturer: str | None
-    labels: list[str]  # catalog id of each image, in order
-    style: SiteStyle
-    local_names: dict[str, str]  # catalog id -> the site's own label for it
+def _evenly(k: int, fraction: float) -> bool:
+    """Whether file ``k`` is among an evenly spread ``fraction`` of files."""
+    return (k * _GOLDEN) % 1.0 < fraction
 
 
-def _local_name(d: StemDesign, site_kind: str, site_index: int) -> str:
-    if site_kind == "manufacturer":
-        return d.model
-    if site_kind == "test":
-        return d.id
-    return f"{d.manufacturer} {d.model}" if site_index % 2 == 0 else d.id.upper()
+def _write_image(root: Path, plan: SitePlan, design: StemDesign, *, preset: SynthPreset, seed: int,
+                 site_no: int, k: int) -> tuple[str, tuple[Any, ...]]:
+    """Render and write image ``k`` of a site and its mask; returns (file, annotation row)."""
+    rng = np.random.default_rng([seed, site_no, k])
+    style = plan.styles[k % len(plan.styles)]
+    out = render(design, style, rng, difficulty=preset.difficulty, crop_fraction=preset.crop_fraction)
+    kind = plan.export.formats[k % len(plan.export.formats)]
+    stem = f"img_{k:05d}"
+    if kind == "png":
+        rel = f"images/{stem}.png"
+        write_png(root / rel, out.image, bits=plan.export.png_bits)
+    else:
+        rel = f"images/{stem}.dcm"
+        extra = np.random.default_rng([seed, site_no, k, 1])
+        who = DicomIdentity(
+            uid_seed=(str(seed), preset.name, plan.name, str(k)),
+            patient_no=site_no * 100_000 + k,
+            study_date=f"20{int(extra.integers(15, 25))}{int(extra.integers(1, 13)):02d}{int(extra.integers(1, 29)):02d}",
+            institution=plan.name,
+            burned_in=out.marked,
+        )
+        write_dicom(root / rel, out.image, modality="CR" if kind == "dicom-cr" else "DX", export=plan.export,
+                    monochrome1=_evenly(k, plan.export.monochrome1), mm_per_px=style.mm_per_px, who=who,
+                    rle=_evenly(k + 7, plan.export.rle))
+    mask_rel = f"masks/{stem}.png"
+    write_mask(root / mask_rel, out.mask)
+    return rel, (rel, *out.box, mask_rel)
 
 
-def plan_sites(preset: SynthPreset, seed: int) -> list[SitePlan]:
-    designs = [d for d in DESIGNS if preset.classes is None or d.id in preset.classes]
-    rng = np.random.default_rng([seed, 7919])
-    plans = []
-    formats_cycle = [("png",), ("dicom-cr",), ("dicom-dx", "png"), ("dicom-cr", "dicom-dx")]
-    for i, maker in enumerate(preset.manufacturers):
-        own = [d.id for d in designs if d.manufacturer == maker]
-        labels = [own[k % len(own)] for k in range(preset.images_per_manufacturer)]
-        rng.shuffle(labels)
-        style = random_style(rng, size=preset.size, formats=formats_cycle[i % 4], strength=preset.strength)
-        plans.append(SitePlan(f"mfr-{maker.lower()}", "manufacturer", maker, labels, style,
-                              {d.id: _local_name(d, "manufacturer", i) for d in designs if d.id in own}))
-    ids = [d.id for d in designs]
-    for j in range(preset.hospitals):
-        prevalence = rng.dirichlet([preset.dirichlet_alpha] * len(ids))
-        labels = list(rng.choice(ids, size=preset.images_per_hospital, p=prevalence))
-        style = random_style(rng, size=preset.size, formats=formats_cycle[(j + 2) % 4], strength=preset.strength)
-        plans.append(SitePlan(f"hosp-{chr(97 + j)}", "hospital", None, [str(x) for x in labels], style,
-                              {d.id: _local_name(d, "hospital", j) for d in designs if d.id in set(labels)}))
-    test_labels = [d.id for d in designs for _ in range(preset.test_per_class)]
-    rng.shuffle(test_labels)
-    style = random_style(rng, size=preset.size, formats=("dicom-cr", "dicom-dx", "png"), strength=preset.strength)
-    plans.append(SitePlan("test", "test", None, test_labels, style, {i: i for i in ids}))
-    return plans
-
-
-def _write_site(root: Path, plan: SitePlan, preset: SynthPreset, seed: int, site_no: int, advance: Any) -> dict[str, int]:
+def _write_site(root: Path, plan: SitePlan, preset: SynthPreset, seed: int, site_no: int,
+                advance: Callable[[], None]) -> dict[str, int]:
+    """Write one site folder; returns its class counts."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(exist_ok=True)
-    by_id = {d.id: d for d in DESIGNS}
-    rows, notes, counts = [], [], {}
+    designs = {d.id: d for d in preset_designs(preset)}
+    rows, notes = [], []
     for k, label in enumerate(plan.labels):
-        rng = np.random.default_rng([seed, site_no, k])
-        img, mask, box = render(by_id[label], plan.style, rng, strength=preset.strength, crop_fraction=preset.crop_fraction)
-        kind = plan.style.formats[k % len(plan.style.formats)]
-        stem = f"img_{k:05d}"
-        if kind == "png":
-            rel = f"images/{stem}.png"
-            write_png(root / rel, img, bits=16 if plan.style.bits > 12 else 8)
-        else:
-            rel = f"images/{stem}.dcm"
-            write_dicom(root / rel, img, modality="CR" if kind == "dicom-cr" else "DX", bits=plan.style.bits,
-                        monochrome1=rng.random() < plan.style.monochrome1, mm_per_px=plan.style.mm_per_px,
-                        uid_seed=[str(seed), plan.name, str(k)], patient_no=site_no * 10_000 + k, rle=k % 7 == 3)
-        mask_rel = f"masks/{stem}.png"
-        cv2.imwrite(str(root / mask_rel), mask)
+        rel, note = _write_image(root, plan, designs[label], preset=preset, seed=seed, site_no=site_no, k=k)
         rows.append((rel, plan.local_names[label]))
-        notes.append((rel, *box, mask_rel))
-        counts[label] = counts.get(label, 0) + 1
+        notes.append(note)
         advance()
-    with open(root / "labels.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([("file", "label"), *rows])
-    with open(root / "annotations.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([("file", "x0", "y0", "x1", "y1", "mask"), *notes])
-    toml = [f'[site]\nname = "{plan.name}"\n', "[labels]"]
-    toml += [f'"{local}" = "{cid}"' for cid, local in sorted(plan.local_names.items())]
-    (root / "site.toml").write_text("\n".join(toml) + "\n")
+    with open(root / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([("file", "label"), *rows])
+    with open(root / "annotations.csv", "w", newline="", encoding="utf-8") as fh:
+        csv.writer(fh, lineterminator="\n").writerows([("file", "x0", "y0", "x1", "y1", "mask"), *notes])
+    toml = [f"[site]\nname = {json.dumps(plan.name)}\n", "[labels]"]
+    toml += [f"{json.dumps(local)} = {json.dumps(cid)}" for cid, local in sorted(plan.local_names.items())]
+    (root / "site.toml").write_text("\n".join(toml) + "\n", encoding="utf-8")
+    counts: dict[str, int] = {}
+    for label in plan.labels:
+        counts[label] = counts.get(label, 0) + 1
     return dict(sorted(counts.items()))
 
 
-def generate(out_dir: Path, *, preset: str = "hip-consortium", seed: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Write a synthetic federation to ``out_dir``; returns the content of federation.json."""
-    spec = get_preset(preset)
+@contextmanager
+def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
+    """A ``rich`` progress bar's advance callback (a no-op when disabled)."""
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("[bold]synthesising radiographs"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task("synth", total=total)
+        yield lambda: bar.advance(task)
+
+
+def generate(out_dir: Path, *, preset: str | SynthPreset = "hip-consortium", seed: int = 0,
+             progress: bool = False) -> dict[str, Any]:
+    """Write a synthetic federation to ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir
+        Output folder (created; existing files of the same names are overwritten).
+    preset
+        A preset name from :data:`simulations.synth.presets.PRESETS`, or a
+        :class:`~simulations.synth.presets.SynthPreset` (e.g. a calibrated variant made
+        with ``dataclasses.replace``).
+    seed
+        Generation seed: the same (preset, seed) writes byte-identical files.
+    progress
+        Show a ``rich`` progress bar.
+
+    Returns
+    -------
+    dict
+        The content of ``federation.json``.
+
+    Raises
+    ------
+    ConfigError
+        If the preset name is unknown.
+    """
+    spec = get_preset(preset) if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    catalog = build_catalog(tuple(d for d in DESIGNS if spec.classes is None or d.id in spec.classes))
-    catalog.save(out_dir / "catalog.json")
+    build_catalog(preset_designs(spec)).save(out_dir / "catalog.json")
     plans = plan_sites(spec, seed)
     total = sum(len(p.labels) for p in plans)
-    info: dict[str, Any] = {"preset": preset, "seed": seed, "generator_version": GENERATOR_VERSION,
+    info: dict[str, Any] = {"preset": spec.name, "seed": seed, "generator_version": GENERATOR_VERSION,
                             "image_count": total, "sites": []}
-    ctx = _progress(total) if progress else nullcontext(lambda: None)
-    with ctx as advance:
+    logger.info("generating %d images for %d sites (preset %s, seed %d)", total, len(plans) - 1, spec.name, seed)
+    with _progress(total, progress) as advance:
         for n, plan in enumerate(plans):
             folder = out_dir / "test" if plan.kind == "test" else out_dir / "sites" / plan.name
             counts = _write_site(folder, plan, spec, seed, n, advance)
-            entry = {"name": plan.name, "kind": plan.kind, "manufacturer": plan.manufacturer, "images": len(plan.labels),
-                     "classes": counts}
             if plan.kind == "test":
                 info["test"] = {"images": len(plan.labels), "classes": counts}
             else:
-                info["sites"].append(entry)
-    (out_dir / "federation.json").write_text(json.dumps(info, indent=2) + "\n")
-    logger.info("generated %d images for %d sites", total, len(plans) - 1)
+                info["sites"].append({"name": plan.name, "kind": plan.kind, "manufacturer": plan.manufacturer,
+                                      "images": len(plan.labels), "classes": counts})
+    (out_dir / "federation.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return info
-
-
-def _progress(total: int):  # noqa: ANN202
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    @contextmanager
-    def ctx():  # noqa: ANN202
-        with Progress(TextColumn("[bold]generating images"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as p:
-            task = p.add_task("gen", total=total)
-            yield lambda: p.advance(task)
-
-    return ctx()
