@@ -130,7 +130,11 @@ def run(opts: SimOptions) -> dict[str, Any]:
     t_start = time.monotonic()
     prep = prepare(opts)
     data, test = load_all(prep, progress=opts.progress)
-    sites = simulated_sites(prep.fed, state_dir=prep.state_dir, cache_dir=prep.cache_dir, params=prep.params, names=prep.site_names)
+    # The researcher owns the simulated sites: a run without DP gets sites whose policy allows it
+    # (a real site's default policy requires DP and refuses such a run).
+    policy = None if prep.cfg.dp else {"require-dp": False}
+    sites = simulated_sites(prep.fed, state_dir=prep.state_dir, cache_dir=prep.cache_dir, params=prep.params,
+                            names=prep.site_names, policy=policy)
     device = pick_device()
     torch.set_num_threads(1)
     x_test, y_test = test.x, test.y
