@@ -1,0 +1,163 @@
+"""DP-SGD overhead: local training images/s, plain vs Opacus DP-SGD, per per-sample-gradient mode.
+
+For the study CNN and ResNet-18 (64 px, batch 32, one torch thread) it times
+``client.train.train_local`` (the code a site runs each round, Opacus set-up included)
+plain and with DP-SGD in each ``grad_sample_mode`` (hooks, ew, functorch, ghost).
+Batches are fixed (no Poisson sampling) so that every run does the same work; DP noise
+is on. A mode counts as valid for a model when, with zero noise and active clipping, one
+step gives the same weights as ``hooks`` (Opacus' reference implementation).
+
+Runs are interleaved (plain, mode 1, mode 2, ... then again) and each configuration
+keeps its fastest run, so load from other processes mostly cancels in the ratios.
+Writes ``benchmarks/results/dp_overhead.json``. ``--quick`` uses fewer images and
+repeats and leaves out ResNet-18 with functorch (about a minute per step).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load
+
+import numpy as np  # noqa: E402
+
+from benchmarks._util import single_thread, write_result  # noqa: E402
+
+MODES = ("hooks", "ew", "functorch", "ghost")
+MODELS = ("cnn", "resnet18")
+IMAGE_SIZE, BATCH, CLASSES = 64, 32, 14
+VALID_ATOL = 1e-5  # weights after one zero-noise step may differ from hooks' by float rounding only
+
+
+@dataclass(frozen=True)
+class Plan:
+    images: dict[str, int]  # model -> training images per timed call (one epoch)
+    repeats: dict[str, int]  # model -> timed calls per configuration (fastest kept)
+    skip: tuple[tuple[str, str], ...]  # (model, mode) left out
+
+
+def plan(quick: bool) -> Plan:
+    if quick:
+        return Plan({"cnn": 64, "resnet18": 32}, {"cnn": 3, "resnet18": 2}, (("resnet18", "functorch"),))
+    return Plan({"cnn": 256, "resnet18": 64}, {"cnn": 3, "resnet18": 2}, ())
+
+
+def _settings(mode: str | None, *, batch: int, noise: float = 1.0, clip: float = 1.0):  # noqa: ANN202
+    from client.train import TrainSettings
+
+    return TrainSettings(
+        batch_size=batch, dp=mode is not None, grad_sample_mode=mode or "hooks", noise_multiplier=noise,
+        max_grad_norm=clip, poisson_sampling=False, seed=0,
+    )
+
+
+def _train(model, state, x, y, settings) -> tuple[float, np.ndarray]:  # noqa: ANN001
+    import torch
+
+    from client.train import train_local
+
+    model.load_state_dict(state)
+    t0 = time.perf_counter()
+    train_local(model, x, y, settings, device=torch.device("cpu"))
+    wall = time.perf_counter() - t0
+    return wall, np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+
+
+def valid_modes(name: str, modes: list[str], model, state) -> tuple[list[str], dict[str, str]]:  # noqa: ANN001
+    """Modes that run and match hooks after one zero-noise, clipped step (also warms each up)."""
+    rng = np.random.default_rng(1)
+    x = rng.random((4, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    y = rng.integers(0, CLASSES, 4)
+    _train(model, state, x, y, _settings(None, batch=4))  # warm up plain training
+    ok, why = [], {}
+    ref = None
+    for mode in ["hooks"] + [m for m in modes if m != "hooks"]:
+        try:
+            _, weights = _train(model, state, x, y, _settings(mode, batch=4, noise=0.0, clip=0.01))
+        except Exception as e:  # noqa: BLE001 - an unsupported mode is a finding, not a crash
+            why[mode] = f"{type(e).__name__}: {str(e)[:120]}"
+            continue
+        if ref is None:
+            ref = weights
+        if not np.allclose(weights, ref, rtol=0, atol=VALID_ATOL):
+            why[mode] = f"differs from hooks by {float(np.abs(weights - ref).max()):.2g}"
+            continue
+        if mode in modes:
+            ok.append(mode)
+    return [m for m in modes if m in ok], why
+
+
+def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object]]:
+    import torch
+
+    from client.train import TrainSettings
+    from common.models import build_model
+
+    single_thread()
+    p = plan(quick)
+    default = TrainSettings().grad_sample_mode
+    figures: dict[str, float] = {}
+    units: dict[str, str] = {}
+    params: dict[str, object] = {"quick": quick, "image_size": IMAGE_SIZE, "batch_size": BATCH, "threads": 1,
+                                 "poisson_sampling": False, "noise_multiplier": 1.0, "default_mode": default,
+                                 "images": p.images, "repeats": p.repeats, "fastest_mode": {}, "invalid_modes": {},
+                                 "skipped": [f"{m}/{g}" for m, g in p.skip]}
+    for name in MODELS:
+        torch.manual_seed(0)
+        model = build_model(name, num_classes=CLASSES, image_size=IMAGE_SIZE)
+        state = copy.deepcopy(model.state_dict())
+        wanted = [m for m in MODES if (name, m) not in p.skip]
+        modes, why = valid_modes(name, wanted, model, state)
+        params["invalid_modes"][name] = why  # type: ignore[index]
+        rng = np.random.default_rng(0)
+        n = p.images[name]
+        x = rng.random((n, 1, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        y = rng.integers(0, CLASSES, n)
+        configs: list[str | None] = [None, *modes]
+        best = dict.fromkeys(configs, float("inf"))
+        for _ in range(p.repeats[name]):
+            for mode in configs:
+                wall, _ = _train(model, state, x, y, _settings(mode, batch=BATCH))
+                best[mode] = min(best[mode], wall)
+        plain = best[None]
+        figures[f"{name}_plain_images_per_s"] = round(n / plain, 2)
+        units[f"{name}_plain_images_per_s"] = "images/s"
+        for mode in modes:
+            figures[f"{name}_dp_{mode}_images_per_s"] = round(n / best[mode], 2)
+            units[f"{name}_dp_{mode}_images_per_s"] = "images/s"
+            figures[f"{name}_dp_{mode}_over_plain_ratio"] = round(best[mode] / plain, 3)
+            units[f"{name}_dp_{mode}_over_plain_ratio"] = "x"
+        if modes:
+            fastest = min(modes, key=lambda m: best[m])
+            params["fastest_mode"][name] = fastest  # type: ignore[index]
+            figures[f"{name}_dp_fastest_over_plain_ratio"] = round(best[fastest] / plain, 3)
+            units[f"{name}_dp_fastest_over_plain_ratio"] = "x"
+        if default in modes:
+            figures[f"{name}_dp_default_over_plain_ratio"] = round(best[default] / plain, 3)
+            units[f"{name}_dp_default_over_plain_ratio"] = "x"
+    return figures, units, params
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.dp_overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer images and repeats, no ResNet-18 functorch (< 2 min)")
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    figures, units, params = run(args.quick)
+    params["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
+    for name, value in figures.items():
+        print(f"{name:>40}: {value:10.3f} {units[name]}")
+    print(f"fastest valid DP mode: {params['fastest_mode']} (default: {params['default_mode']})")
+    if any(params["invalid_modes"].values()):  # type: ignore[union-attr]
+        print(f"modes not valid: {params['invalid_modes']}")
+    print(f"wrote {write_result('dp_overhead', figures, units, params=params)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

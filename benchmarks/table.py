@@ -1,0 +1,174 @@
+"""Markdown table of every benchmark result, with the project's targets.
+
+``python -m benchmarks.table`` reads ``benchmarks/results/*.json`` and prints one row per
+figure: benchmark, figure, value, unit, target, met?. ``--write-readme`` also replaces
+the block between ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->`` in
+README.md (exit 1 with a message when the markers are missing). A benchmark whose last
+run was ``--quick`` is marked "(quick)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import operator
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks._util import RESULTS_DIR
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+START, END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
+
+
+@dataclass(frozen=True)
+class Target:
+    benchmark: str
+    pattern: str  # regular expression a figure name must match in full
+    op: str  # "<=" or "<"
+    bound: float
+    why: str  # the requirement, in words
+
+    def applies(self, benchmark: str, figure: str) -> bool:
+        return benchmark == self.benchmark and re.fullmatch(self.pattern, figure) is not None
+
+    def met(self, value: float) -> bool:
+        return OPS[self.op](value, self.bound)
+
+    @property
+    def text(self) -> str:
+        return f"{self.op} {self.bound:g}"
+
+
+OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, "<": operator.lt}
+
+TARGETS: tuple[Target, ...] = (
+    Target("dp_overhead", r"cnn_dp_\w+_over_plain_ratio", "<=", 1.5, "DP-SGD at most 1.5x the plain time (CNN)"),
+    Target("fl_overhead", r"fl_steady_rounds_over_local_ratio", "<=", 1.2,
+           "federated at most 1.2x local, Ray start-up excluded"),
+    Target("scale", r"cnn_100_sites_5_rounds_wall_s", "<", 600.0, "100 sites x 5 rounds under 10 min on 2 cores"),
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    benchmark: str
+    figure: str
+    value: float
+    unit: str
+    target: str
+    met: bool | None  # None: no target
+
+
+def load_results(folder: Path) -> list[dict[str, Any]]:
+    """Every ``*.json`` result in ``folder``, sorted by benchmark name."""
+    docs = []
+    for path in sorted(Path(folder).glob("*.json")):
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("figures"), dict):
+            raise ValueError(f"{path.name} is not a benchmark result (no 'figures' object)")
+        doc.setdefault("benchmark", path.stem)
+        docs.append(doc)
+    return sorted(docs, key=lambda d: str(d["benchmark"]))
+
+
+def is_quick(doc: Mapping[str, Any]) -> bool:
+    machine = doc.get("machine") or {}
+    params = machine.get("params") or {}
+    return bool(params.get("quick", machine.get("quick", False)))
+
+
+def rows(docs: Iterable[Mapping[str, Any]], targets: Iterable[Target] = TARGETS) -> list[Row]:
+    targets = list(targets)
+    out = []
+    for doc in docs:
+        name = str(doc["benchmark"])
+        units = doc.get("units") or {}
+        for figure, value in doc["figures"].items():
+            target = next((t for t in targets if t.applies(name, figure)), None)
+            out.append(Row(name, figure, float(value), str(units.get(figure, "")),
+                           target.text if target else "", target.met(float(value)) if target else None))
+    return out
+
+
+def naming_problems(doc: Mapping[str, Any]) -> list[str]:
+    """Figures that break the naming rule: a ratio (unit ``x``) has ``ratio`` in its name, and only ratios do."""
+    units = doc.get("units") or {}
+    problems = []
+    for figure in doc.get("figures", {}):
+        unit = units.get(figure)
+        if unit is None:
+            problems.append(f"{figure}: no unit")
+        elif (unit == "x") != ("ratio" in figure):
+            problems.append(f"{figure}: unit {unit!r} but {'no ' if 'ratio' not in figure else ''}'ratio' in the name")
+    return problems
+
+
+def _fmt(value: float) -> str:
+    if not math.isfinite(value):
+        return str(value)
+    if value.is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
+    return f"{value:.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+
+
+def markdown(table: Iterable[Row], quick: Iterable[str] = ()) -> str:
+    """The table as GitHub markdown."""
+    quick = set(quick)
+    lines = ["| benchmark | figure | value | unit | target | met? |", "|---|---|---:|---|---|---|"]
+    for r in table:
+        met = "" if r.met is None else ("yes" if r.met else "**no**")
+        bench = f"{r.benchmark} (quick)" if r.benchmark in quick else r.benchmark
+        lines.append(f"| {bench} | `{r.figure}` | {_fmt(r.value)} | {r.unit} | {r.target} | {met} |")
+    return "\n".join(lines)
+
+
+def render(folder: Path) -> str:
+    docs = load_results(folder)
+    text = markdown(rows(docs), quick=[str(d["benchmark"]) for d in docs if is_quick(d)])
+    notes = [f"- {t.benchmark}: `{t.pattern}` {t.text}: {t.why}" for t in TARGETS]
+    return text + "\n\nTargets:\n" + "\n".join(notes)
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with the part between the benchmark markers replaced by ``block``."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < 0 or end < start:
+        raise ValueError(f"README has no '{START}' ... '{END}' block")
+    return text[: start + len(START)] + "\n" + block.strip("\n") + "\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of <benchmark>.json results")
+    parser.add_argument("--write-readme", action="store_true", help="replace the benchmarks block in README.md")
+    parser.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    docs = load_results(args.results)
+    if not docs:
+        print(f"no results in {args.results}; run python -m benchmarks.<name> first", file=sys.stderr)
+        return 1
+    for doc in docs:
+        for problem in naming_problems(doc):
+            print(f"warning: {doc['benchmark']}: {problem}", file=sys.stderr)
+    text = render(args.results)
+    print(text)
+    if args.write_readme:
+        try:
+            new = replace_block(args.readme.read_text(encoding="utf-8"), text)
+        except (OSError, ValueError) as e:
+            print(f"cannot update {args.readme.name}: {e}; add the two marker lines where the table belongs",
+                  file=sys.stderr)
+            return 1
+        args.readme.write_text(new, encoding="utf-8")
+        print(f"updated {args.readme}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
