@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/implantfl-sim run --preset hip-consortium --out "${IMPLANTFL_OUT:-runs/main}" "$@"
+exec .venv/bin/implantfl-sim run --preset hip-consortium --out "${IMPLANTFL_OUT:-runs/main-$(date +%Y%m%d-%H%M%S)}" "$@"
