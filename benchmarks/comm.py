@@ -16,7 +16,8 @@
    compression: the yardstick for "no effect". ``cnn_<mode>_update_relative_error`` is
    ``||rebuilt update - update|| / ||update||`` over the smoke runs' updates.
 
-Writes ``benchmarks/results/comm.json``.
+Writes ``benchmarks/results/comm.json``. The full mode takes about 11 minutes on 2 busy cores (the
+hip-consortium runs); ``--quick`` (bytes + one smoke seed) well under 2.
 """
 
 from __future__ import annotations

@@ -112,9 +112,9 @@ def naming_problems(doc: Mapping[str, Any]) -> list[str]:
 def _fmt(value: float) -> str:
     if not math.isfinite(value):
         return str(value)
-    if value.is_integer() and abs(value) >= 1000:
-        return f"{int(value):,}"
-    return f"{value:.4g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    if abs(value) >= 1e4:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
 
 
 def markdown(table: Iterable[Row], quick: Iterable[str] = ()) -> str:
