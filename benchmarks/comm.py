@@ -92,7 +92,8 @@ def local_fedavg(cfg: Any, num_classes: int, data: list[tuple[np.ndarray, np.nda
     import torch
     from flwr.app import ArrayRecord
 
-    from client.train import TrainSettings, train_local
+    from benchmarks.fl_overhead import task_settings
+    from client.train import train_local
     from common.compression import compress_update, decompress_update
     from common.models import build_model
     from common.weights import load_record, to_record
@@ -105,12 +106,7 @@ def local_fedavg(cfg: Any, num_classes: int, data: list[tuple[np.ndarray, np.nda
         rebuilt, weights = [], []
         for x, y in data:
             load_record(model, global_rec)
-            settings = TrainSettings(
-                epochs=cfg.local_epochs, batch_size=min(cfg.batch_size, len(y)), learning_rate=cfg.learning_rate,
-                momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=cfg.dp, noise_multiplier=cfg.noise_multiplier,
-                max_grad_norm=cfg.max_grad_norm, seed=cfg.seed * 100_003 + rnd,
-            )
-            res = train_local(model, x, y, settings, device=torch.device("cpu"))
+            res = train_local(model, x, y, task_settings(cfg, len(y), rnd), device=torch.device("cpu"))
             new = to_record(model)
             back = decompress_update(compress_update(new, global_rec, mode), global_rec, mode)
             errors.append(_relative_error(new, back, global_rec))
@@ -165,7 +161,7 @@ def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, A
 
     figures: dict[str, float] = {}
     units: dict[str, str] = {}
-    cfg = load_preset("smoke").run_config()
+    cfg = load_preset("smoke").run_config(**{"proximal-mu": 0.0})
     fed, data, test = _federation("smoke", cfg.val_fraction)
     real = not quick and "update-compression" in RunConfig.keys()
     seeds = [0] if quick else [0, 1, 2]
@@ -190,12 +186,13 @@ def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, A
         "accuracy_method": "simulation (update-compression run config)" if real
         else "local FedAvg loop with compress/decompress of every update",
         "smoke": {"seeds": seeds, "rounds": cfg.num_server_rounds, "local_epochs": cfg.local_epochs, "dp": cfg.dp,
+                  "optimizer": cfg.optimizer, "learning_rate": cfg.learning_rate,
                   "noise_multiplier": cfg.noise_multiplier, "test_images": int(len(test[1])),
                   "chance_accuracy": round(1 / len(fed.catalog), 4),
                   "accuracy_per_seed": {m: [round(a, 4) for a in acc[m]] for m in MODES}},
     }
     if not quick:  # smoke stays at chance; a federation on which the CNN learns something
-        hip = load_preset("hip-consortium").run_config(dp=False, seed=0)
+        hip = load_preset("hip-consortium").run_config(**{"dp": False, "seed": 0, "proximal-mu": 0.0})
         hfed, hdata, htest = _federation("hip-consortium", hip.val_fraction)
         hacc = {m: _accuracy(local_fedavg(hip, len(hfed.catalog), hdata, m)[0], hip, len(hfed.catalog), htest)
                 for m in MODES}
@@ -207,6 +204,7 @@ def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, A
             figures[f"cnn_{mode}_minus_none_hip_accuracy"] = round(hacc[mode] - hacc["none"], 4)
         figures["cnn_none_seed1_minus_seed0_hip_accuracy"] = round(other_seed - hacc["none"], 4)
         info["hip"] = {"method": "local FedAvg loop", "rounds": hip.num_server_rounds, "local_epochs": hip.local_epochs,
+                       "optimizer": hip.optimizer, "learning_rate": hip.learning_rate,
                        "dp": False, "seeds": [0], "test_images": int(len(htest[1])),
                        "chance_accuracy": round(1 / len(hfed.catalog), 4)}
     for k in figures:

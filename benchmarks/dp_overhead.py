@@ -1,6 +1,7 @@
 """DP-SGD overhead: local training images/s, plain vs Opacus DP-SGD, per per-sample-gradient mode.
 
-For the study CNN and ResNet-18 (64 px, batch 32, one torch thread) it times
+For the study CNN and ResNet-18 (64 px, batch 32, one torch thread, the run config's
+default optimizer) it times
 ``client.train.train_local`` (the code a site runs each round, Opacus set-up included)
 plain and with DP-SGD in each ``grad_sample_mode`` (hooks, ew, functorch, ghost).
 Batches are fixed (no Poisson sampling) so that every run does the same work; DP noise
@@ -49,10 +50,12 @@ def plan(quick: bool) -> Plan:
 
 def _settings(mode: str | None, *, batch: int, noise: float = 1.0, clip: float = 1.0):  # noqa: ANN202
     from client.train import TrainSettings
+    from common.config import RunConfig
 
+    run = RunConfig()  # the default local optimizer and learning rate
     return TrainSettings(
-        batch_size=batch, dp=mode is not None, grad_sample_mode=mode or "hooks", noise_multiplier=noise,
-        max_grad_norm=clip, poisson_sampling=False, seed=0,
+        batch_size=batch, optimizer=run.optimizer, learning_rate=run.learning_rate, dp=mode is not None,
+        grad_sample_mode=mode or "hooks", noise_multiplier=noise, max_grad_norm=clip, poisson_sampling=False, seed=0,
     )
 
 
@@ -105,6 +108,7 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
     units: dict[str, str] = {}
     params: dict[str, object] = {"quick": quick, "image_size": IMAGE_SIZE, "batch_size": BATCH, "threads": 1,
                                  "poisson_sampling": False, "noise_multiplier": 1.0, "default_mode": default,
+                                 "optimizer": _settings(None, batch=BATCH).optimizer,
                                  "images": p.images, "repeats": p.repeats, "fastest_mode": {}, "invalid_modes": {},
                                  "skipped": [f"{m}/{g}" for m, g in p.skip]}
     for name in MODELS:

@@ -181,7 +181,8 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
 
     single_thread()
     cpus = os.cpu_count() or 1
-    base = load_preset("smoke").run_config(**{"dp": True, "noise-multiplier": 1.0, "local-epochs": 1, "val-fraction": 0.0})
+    base = load_preset("smoke").run_config(**{"dp": True, "noise-multiplier": 1.0, "local-epochs": 1, "val-fraction": 0.0,
+                                              "proximal-mu": 0.0})
     params = PreprocessParams(image_size=base.image_size)
     figures: dict[str, float] = {}
     units: dict[str, str] = {}
