@@ -62,10 +62,14 @@ def compare_runs(runs: list[Path]) -> list[dict[str, Any]]:
             "mode": cfg.get("mode", "federated"),
             "model": cfg.get("model", ""),
             "strategy": cfg.get("strategy", ""),
+            "local_loss": cfg.get("local-loss", "ce"),
             "dp": bool(cfg.get("dp", False)),
+            "sites": len(res.get("sites", {})) or None,
             "rounds": cfg.get("num-server-rounds"),
             "accuracy": res.get("final", {}).get("accuracy"),
             "macro_f1": res.get("final", {}).get("macro_f1"),
+            "macro_auc": res.get("final", {}).get("macro_auc"),
+            "baseline_accuracy": res.get("baseline", {}).get("centralized", {}).get("final", {}).get("accuracy"),
             "max_epsilon": max((p["epsilon"] for p in privacy.values()), default=None),
             "wall_s": res.get("timing", {}).get("wall_s"),
         })
@@ -77,7 +81,8 @@ def print_compare(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="Runs side by side")
-    cols = ["run", "preset", "mode", "model", "strategy", "dp", "rounds", "accuracy", "macro_f1", "max_epsilon", "wall_s"]
+    cols = ["run", "preset", "mode", "model", "strategy", "local_loss", "dp", "sites", "rounds", "accuracy", "macro_f1",
+            "macro_auc", "baseline_accuracy", "max_epsilon", "wall_s"]
     for c in cols:
         table.add_column(c)
     for r in rows:
