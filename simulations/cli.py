@@ -112,6 +112,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = compare_runs(args.runs)
     if args.json:
         print(json.dumps(rows, indent=2))
+    elif args.markdown:
+        from simulations.summary import markdown_compare
+
+        print(markdown_compare(rows))
     else:
         from simulations.summary import print_compare
 
@@ -141,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="side-by-side table of runs")
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--json", action="store_true")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true")
+    out.add_argument("--markdown", action="store_true", help="a Markdown table (for reports and READMEs)")
     p.set_defaults(func=cmd_compare)
 
     privacy_plan_cli.add_parser(sub)

@@ -76,15 +76,28 @@ def compare_runs(runs: list[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+COMPARE_COLUMNS = ["run", "preset", "mode", "model", "strategy", "local_loss", "dp", "sites", "rounds", "accuracy",
+                   "macro_f1", "macro_auc", "baseline_accuracy", "max_epsilon", "wall_s"]
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def markdown_compare(rows: list[dict[str, Any]]) -> str:
+    """The compare table as Markdown, same columns as the terminal table."""
+    lines = ["| " + " | ".join(COMPARE_COLUMNS) + " |", "|" + "---|" * len(COMPARE_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r[c]) for c in COMPARE_COLUMNS) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 def print_compare(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Runs side by side")
-    cols = ["run", "preset", "mode", "model", "strategy", "local_loss", "dp", "sites", "rounds", "accuracy", "macro_f1",
-            "macro_auc", "baseline_accuracy", "max_epsilon", "wall_s"]
-    for c in cols:
+    for c in COMPARE_COLUMNS:
         table.add_column(c)
     for r in rows:
-        table.add_row(*[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols])
+        table.add_row(*[_cell(r[c]) for c in COMPARE_COLUMNS])
     Console().print(table)

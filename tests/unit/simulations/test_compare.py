@@ -54,3 +54,13 @@ def test_a_folder_without_results_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInputError, match="empty: no readable results.json"):
         compare_runs([tmp_path / "empty"])
+
+
+def test_markdown_output_has_a_header_and_one_line_per_run(tmp_path, capsys):
+    a = _run(tmp_path, "a", loss="ce", acc=0.25, baseline=0.75, eps=[2.0])
+    b = _run(tmp_path, "b", loss="fedrs", acc=0.5, baseline=None, eps=[])
+    assert main(["compare", "--markdown", str(a), str(b)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and lines[0].startswith("| run | preset |") and lines[1].startswith("|---|")
+    assert "| a | hip-consortium |" in lines[2] and "0.2500" in lines[2] and "0.7500" in lines[2]
+    assert "| b |" in lines[3] and "fedrs" in lines[3]
