@@ -49,6 +49,10 @@ class SiteData:
         Files decoded by this call (0 when everything came from the cache).
     cached
         Files whose result came from the cache.
+    files
+        Each accepted image's path relative to the site folder, in the order of ``x``
+        (researcher-side evaluation maps test images to studies with it). It stays in
+        this process: never logged, cached or sent.
     """
 
     x: np.ndarray
@@ -57,6 +61,7 @@ class SiteData:
     report: QCReport
     decoded: int = 0
     cached: int = 0
+    files: tuple[str, ...] = ()
 
     def train(self) -> tuple[np.ndarray, np.ndarray]:
         return self.x[~self.is_val], self.y[~self.is_val]
@@ -201,7 +206,7 @@ def _run(site_dir: Path, items: list[Item], params: PreprocessParams, workers: i
 def _assemble(items: list[Item], entries: list[CacheEntry], mapping: Mapping[str, str], catalog: Catalog,
               params: PreprocessParams, val_fraction: float) -> SiteData:
     report = QCReport()
-    images, ys, vals = [], [], []
+    images, ys, vals, files = [], [], [], []
     for item, e in zip(items, entries, strict=True):
         report.note_phi(e.phi)
         if e.reason is not None or e.image is None:
@@ -212,9 +217,10 @@ def _assemble(items: list[Item], entries: list[CacheEntry], mapping: Mapping[str
         images.append(e.image)
         ys.append(catalog.index_of(cid))
         vals.append(in_val_split(item.rel, val_fraction))
+        files.append(item.rel)
     s = params.image_size
     x = np.stack(images)[:, None].astype(np.float32) if images else np.zeros((0, 1, s, s), np.float32)
-    return SiteData(x, np.asarray(ys, np.int64), np.asarray(vals, bool), report)
+    return SiteData(x, np.asarray(ys, np.int64), np.asarray(vals, bool), report, files=tuple(files))
 
 
 @contextmanager

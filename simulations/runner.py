@@ -171,6 +171,13 @@ def run(opts: SimOptions) -> dict[str, Any]:
         "rounds": state.history.to_list(),
         "final": final,
     }
+    from simulations.datasets import read_studies
+
+    studies = read_studies(prep.fed.test_dir)
+    if studies:  # MURA-like data: the study's table, study level, per body part
+        from simulations.studies import by_body_part
+
+        results["final_by_body_part"] = by_body_part(test.files, res.probs, res.labels, studies, prep.fed.catalog.ids)
     if prep.cfg.dp:
         results["privacy"] = privacy_summary(state.history.to_list(), prep.cfg)
     if opts.baseline:

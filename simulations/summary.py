@@ -31,6 +31,16 @@ def print_summary(results: dict[str, Any]) -> None:
     console.print(table)
     if base and base["accuracy"] > 0:
         console.print(f"federated / centralised accuracy: [bold]{final['accuracy'] / base['accuracy']:.3f}[/bold]")
+    parts = results.get("final_by_body_part")
+    if parts:
+        bt = Table(title="Federated model per body part (study = mean of its views)")
+        for col in ("body part", "images", "studies", "image accuracy", "study accuracy", "study AUC", "study kappa"):
+            bt.add_column(col, justify="right" if col != "body part" else "left")
+        for part, r in parts.items():
+            kappa = "" if r.get("study_kappa") is None else f"{r['study_kappa']:.4f}"
+            bt.add_row(part, str(r["images"]), str(r["studies"]), f"{r['image_accuracy']:.4f}",
+                       f"{r['study_accuracy']:.4f}", f"{r['study_auc']:.4f}", kappa)
+        console.print(bt)
     privacy = results.get("privacy")
     if privacy:
         pt = Table(title="Privacy spent per site (cumulative at the site)")

@@ -116,6 +116,17 @@ def test_bad_files_are_counted_by_reason_and_the_rest_processed(tmp_path, catalo
     assert not any("CANARY" in m or str(tmp_path) in m or ".dcm" in m for m in messages)
 
 
+def test_accepted_files_are_listed_in_array_order_and_rejects_are_not(tmp_path, catalog):
+    # Prepare
+    site, _ = _build_bad_site(tmp_path)
+    # Execute
+    data = load_site(site, catalog=catalog, params=PARAMS, cache_dir=tmp_path / "cache")
+    again = load_site(site, catalog=catalog, params=PARAMS, cache_dir=tmp_path / "cache")  # from the cache
+    # Assert
+    expected = tuple(f"images/{CANARY}_good{k}.dcm" for k in range(3))
+    assert data.files == again.files == expected and len(data.files) == len(data.y)
+
+
 def test_cache_holds_no_patient_field_and_no_path(tmp_path, catalog):
     # Prepare
     site, _ = _build_bad_site(tmp_path)
