@@ -130,11 +130,15 @@ def train_local(
     for epoch in range(settings.epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         for xb, yb in loader:
-            if len(yb) == 0:  # Poisson sampling can draw an empty batch
+            if len(yb) == 0:  # Poisson sampling can draw an empty batch: the step is noise alone
                 optimizer.zero_grad(set_to_none=True)
-                if ghost:  # ghost's optimizer noises p.grad: an empty batch's clipped sum is zero
-                    for p in model.parameters():
+                for p in model.parameters():
+                    if not p.requires_grad:
+                        continue
+                    if ghost:  # ghost's optimizer noises p.grad: an empty batch's clipped sum is zero
                         p.grad = torch.zeros_like(p)
+                    else:  # the other modes clip per-sample gradients: zero samples (Opacus handles it)
+                        p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
                 optimizer.step()
                 steps += 1
                 continue

@@ -72,3 +72,17 @@ def test_training_learns_a_simple_signal(name):
     after = evaluate(model, x, y, device=CPU)
     assert after.loss < before
     assert after.accuracy > 0.8
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ew", "ghost"])
+def test_empty_poisson_batches_take_a_noise_only_step_in_every_mode(mode):
+    # Prepare: 6 images, expected batch 1: each Poisson batch is empty with probability (5/6)^6 ~ 0.33
+    x, y = _data(n=6)
+    model = _fresh()
+    before = [p.detach().clone() for p in model.parameters()]
+    settings = TrainSettings(epochs=3, batch_size=1, dp=True, grad_sample_mode=mode, noise_multiplier=1.0, seed=0)
+    # Execute
+    result = train_local(model, x, y, settings, device=CPU)
+    # Assert: every step was taken (6 per epoch), empty ones included, and the model moved
+    assert result.steps == 18
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
