@@ -5,19 +5,20 @@
    with the update ``new - global`` compressed to ``fp16`` or ``int8``
    (:mod:`common.compression`), with the compressed/plain ratios.
 2. Effect on accuracy on the smoke preset: three runs, ``none`` / ``fp16`` / ``int8``,
-   same seeds, final accuracy on the smoke test set. If the run config has the key
-   ``update-compression`` (the ClientApp compresses, the server decompresses) and this is
-   not ``--quick``, the runs are real simulations; otherwise a local FedAvg loop over the
-   smoke sites' data applies ``compress_update`` / ``decompress_update`` to every update
-   (``params.accuracy_method`` says which). The full mode averages three seeds. The smoke
+   same seeds, final accuracy on the smoke test set. Without ``--quick`` the runs are real
+   simulations with run-config ``update-compression`` (the ClientApp compresses, the
+   server rebuilds, ``cnn_<mode>_smoke_received_update_bytes`` is the mean the server
+   recorded per update); with it, a local FedAvg loop over the smoke sites' data applies
+   ``compress_update`` / ``decompress_update`` to every update (``params.accuracy_method``
+   says which). The full mode averages three seeds. The smoke
    federation is so small that even pooled training stays at chance accuracy, so the full
    mode also compares the modes on the hip-consortium federation (DP off, the preset's 12
    rounds, local FedAvg loop), next to the difference a second seed makes without
    compression: the yardstick for "no effect". ``cnn_<mode>_update_relative_error`` is
    ``||rebuilt update - update|| / ||update||`` over the smoke runs' updates.
 
-Writes ``benchmarks/results/comm.json``. The full mode takes about 11 minutes on 2 busy cores (the
-hip-consortium runs); ``--quick`` (bytes + one smoke seed) well under 2.
+Writes ``benchmarks/results/comm.json``. The full mode takes over 10 minutes on 2 busy cores (nine
+smoke simulations, the hip-consortium runs); ``--quick`` (bytes + one smoke seed) well under 2.
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ def _relative_error(new: Any, back: Any, ref: Any) -> float:
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
 
-def simulated(cfg: Any, fed: Any, mode: str) -> Any:
-    """A real simulated run of the smoke federation with ``update-compression = mode``."""
+def simulated(cfg: Any, fed: Any, mode: str) -> tuple[Any, float]:
+    """A real simulated run of the smoke federation with ``update-compression = mode``.
+
+    Returns the final global weights and the mean bytes per update the server received.
+    """
     from benchmarks.fl_overhead import cache_root_for, simulate
     from common.preprocess_params import PreprocessParams
     from simulations.federation import simulated_sites
@@ -139,7 +143,8 @@ def simulated(cfg: Any, fed: Any, mode: str) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         sites = simulated_sites(fed, state_dir=Path(tmp), cache_dir=cache_root_for(fed.root),
                                 params=PreprocessParams(image_size=cfg.image_size), policy={"max-epsilon": 1e6})
-        return simulate(sites, run_cfg, fed.catalog, num_cpus=os.cpu_count() or 1).final_arrays
+        timing = simulate(sites, run_cfg, fed.catalog, num_cpus=os.cpu_count() or 1)
+    return timing.final_arrays, float(np.mean(timing.update_bytes))
 
 
 def _accuracy(arrays: Any, cfg: Any, num_classes: int, test: tuple[np.ndarray, np.ndarray]) -> float:
@@ -156,28 +161,31 @@ def _accuracy(arrays: Any, cfg: Any, num_classes: int, test: tuple[np.ndarray, n
 
 def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
     """Final test accuracy with each compression mode (paired: same seeds), smoke and (full) hip-consortium."""
-    from common.config import RunConfig
     from simulations.presets import load_preset
 
     figures: dict[str, float] = {}
     units: dict[str, str] = {}
     cfg = load_preset("smoke").run_config(**{"proximal-mu": 0.0})
     fed, data, test = _federation("smoke", cfg.val_fraction)
-    real = not quick and "update-compression" in RunConfig.keys()
+    real = not quick  # simulations with run-config update-compression; --quick: the local loop
     seeds = [0] if quick else [0, 1, 2]
     acc: dict[str, list[float]] = {m: [] for m in MODES}
     err: dict[str, list[float]] = {m: [] for m in MODES}
+    sent: dict[str, list[float]] = {m: [] for m in MODES}
     for seed in seeds:
         for mode in MODES:
             run_cfg = cfg.replace(seed=seed)
             if real:
-                arrays = simulated(run_cfg, fed, mode)
+                arrays, update_bytes = simulated(run_cfg, fed, mode)
+                sent[mode].append(update_bytes)
             else:
                 arrays, e = local_fedavg(run_cfg, len(fed.catalog), data, mode)
                 err[mode].append(e)
             acc[mode].append(_accuracy(arrays, cfg, len(fed.catalog), test))
     for mode in MODES:
         figures[f"cnn_{mode}_smoke_final_accuracy"] = round(float(np.mean(acc[mode])), 4)
+        if sent[mode]:  # what the server received in the simulation (array data, server.history)
+            figures[f"cnn_{mode}_smoke_received_update_bytes"] = round(float(np.mean(sent[mode])))
     for mode in MODES[1:]:
         figures[f"cnn_{mode}_minus_none_smoke_accuracy"] = round(float(np.mean(acc[mode]) - np.mean(acc["none"])), 4)
         if err[mode]:
@@ -208,7 +216,7 @@ def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, A
                        "dp": False, "seeds": [0], "test_images": int(len(htest[1])),
                        "chance_accuracy": round(1 / len(hfed.catalog), 4)}
     for k in figures:
-        units[k] = "fraction"
+        units[k] = "bytes" if k.endswith("_bytes") else "fraction"
     return figures, units, info
 
 

@@ -51,6 +51,7 @@ class SimTiming:
     total_s: float  # run_simulation wall, Ray start and shutdown included
     rounds_s: list[float] = field(default_factory=list)  # each round's wall as the server loop times it
     sites_used: list[int] = field(default_factory=list)  # accepted replies per round
+    update_bytes: list[float] = field(default_factory=list)  # mean bytes per update received, per round
     final_arrays: Any = None  # the global model after the last round (ArrayRecord)
 
 
@@ -110,6 +111,7 @@ def simulate(sites: Sequence[Any], cfg: Any, catalog: Any, *, num_cpus: int, cli
     def on_round_end(record: Any, _arrays: Any) -> None:
         timing.rounds_s.append(record.wall_s)
         timing.sites_used.append(int(record.aggregate.get("sites-used", 0)))
+        timing.update_bytes.append(float(record.aggregate.get("update-bytes", 0.0)))
 
     setup = RunSetup(config=cfg, catalog=catalog, checkpoint_dir=None, on_round_end=on_round_end)
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -137,17 +139,13 @@ def simulate(sites: Sequence[Any], cfg: Any, catalog: Any, *, num_cpus: int, cli
 def task_settings(cfg: Any, n: int, rnd: int) -> Any:
     """The TrainSettings ``client.task`` builds for a site with ``n`` images in round ``rnd``.
 
-    Runs here set ``proximal-mu = 0``: the server sends the run config's ``proximal-mu``
-    whatever the strategy, and ``client.task`` applies it.
+    The server sends the run config's ``proximal-mu`` whatever the strategy, and
+    ``client.task`` applies it (runs here set it to 0). The noise multiplier is the run
+    config's (no ``target-epsilon`` planning).
     """
-    from client.train import TrainSettings
+    from client.task import train_settings
 
-    return TrainSettings(
-        epochs=cfg.local_epochs, batch_size=min(cfg.batch_size, n), optimizer=cfg.optimizer,
-        learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=cfg.dp,
-        noise_multiplier=cfg.noise_multiplier, max_grad_norm=cfg.max_grad_norm, proximal_mu=cfg.proximal_mu,
-        seed=cfg.seed * 100_003 + rnd, loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
-    )
+    return train_settings(cfg, n, rnd, noise=cfg.noise_multiplier, proximal_mu=cfg.proximal_mu)
 
 
 def local_loop(data: Sequence[tuple[Any, Any]], cfg: Any, num_classes: int) -> list[float]:

@@ -7,7 +7,9 @@ its ledger, trains, records the privacy spent, and builds the reply records.
 Every reply carries the same metric keys (the server validates that) and a ``site``
 ConfigRecord with the site name and a ``status``: ``ok``, ``policy-refused``,
 ``budget-exhausted`` or ``error``. Refusals carry no weights. Error texts are built
-from our own exception messages only, which never hold paths or patient values.
+from our own exception messages only, which never hold paths or patient values. A train
+reply's weights travel as run-config ``update-compression`` asks (:mod:`common.compression`);
+its ``site`` record then names the mode under ``compression`` for the server to rebuild them.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.runtime import SiteRuntime
+from common.compression import REPLY_KEY, compress_update
 from common.config import RunConfig
 from common.device import pick_device
 from common.errors import ConfigError, ImplantFLError
-from common.models import build_model
+from common.models import DP_GRAD_SAMPLE_MODE, build_model
 from common.weights import load_record, to_record
+
+if TYPE_CHECKING:
+    from client.train import TrainSettings
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,34 @@ def _status(site: str, status: str, reason: str = "") -> ConfigRecord:
 def _parse(config: Mapping[str, Any]) -> tuple[RunConfig, int, str]:
     cfg = RunConfig.from_flower(config, ignore=ROUND_KEYS)
     return cfg, int(config.get("server-round", 0)), str(config.get("catalog-fingerprint", ""))
+
+
+def grad_sample_mode(cfg: RunConfig, *, proximal_mu: float) -> str:
+    """The Opacus per-sample-gradient mode for ``cfg``: ``auto`` becomes the model's fastest valid one.
+
+    ``auto`` takes :data:`common.models.DP_GRAD_SAMPLE_MODE` (``hooks`` for a model not
+    measured) and never ghost clipping where it cannot work (a loss other than ``ce``, or a
+    proximal term).
+    """
+    if cfg.grad_sample_mode != "auto":
+        return cfg.grad_sample_mode
+    mode = DP_GRAD_SAMPLE_MODE.get(cfg.model, "hooks")
+    if mode == "ghost" and (cfg.local_loss != "ce" or proximal_mu > 0):
+        return "hooks"
+    return mode
+
+
+def train_settings(cfg: RunConfig, n: int, server_round: int, *, noise: float, proximal_mu: float) -> TrainSettings:
+    """The local training a site with ``n`` images runs in ``server_round`` (benchmarks reuse it)."""
+    from client.train import TrainSettings
+
+    return TrainSettings(
+        epochs=cfg.local_epochs, batch_size=min(cfg.batch_size, n), optimizer=cfg.optimizer,
+        learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=cfg.dp,
+        noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, proximal_mu=proximal_mu,
+        grad_sample_mode=grad_sample_mode(cfg, proximal_mu=proximal_mu), seed=cfg.seed * 100_003 + server_round,
+        loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
+    )
 
 
 def _load_data(site: SiteRuntime, cfg: RunConfig, fingerprint: str):  # noqa: ANN202
@@ -85,7 +119,7 @@ def train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, 
 
 def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
     from client.privacy import PrivacyLedger, PrivacyPolicy, PrivacyRequest, check
-    from client.train import TrainSettings, train_local
+    from client.train import train_local
 
     cfg, server_round, fingerprint = _parse(config)
     proximal_mu = float(config.get("proximal-mu", 0.0))
@@ -123,13 +157,7 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
 
     device = pick_device(site.device)
     model = _model(cfg, len(catalog), arrays)
-    settings = TrainSettings(
-        epochs=cfg.local_epochs, batch_size=batch, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay, dp=cfg.dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
-        proximal_mu=proximal_mu, seed=cfg.seed * 100_003 + server_round,
-        loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
-    )
+    settings = train_settings(cfg, n, server_round, noise=noise, proximal_mu=proximal_mu)
     result = train_local(model, x, y, settings, device=device)
     eps_cum = eps_run = 0.0
     if cfg.dp:
@@ -144,7 +172,18 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
         "epsilon": eps_cum, "epsilon-run": eps_run, "dp-steps": result.steps,
         "noise-multiplier": result.noise_multiplier, "sample-rate": result.sample_rate,
     }
-    return RecordDict({"arrays": to_record(model), "metrics": _metrics(TRAIN_METRICS, metrics), "site": _status(site.name, "ok")})
+    status = _status(site.name, "ok")
+    status[REPLY_KEY] = cfg.update_compression
+    return RecordDict({"arrays": _compressed(to_record(model), arrays, cfg.update_compression),
+                       "metrics": _metrics(TRAIN_METRICS, metrics), "site": status})
+
+
+def _compressed(new: ArrayRecord, received: ArrayRecord, mode: str) -> ArrayRecord:
+    """The trained weights as the run sends them: themselves, or their update at lower precision."""
+    try:
+        return compress_update(new, received, mode)
+    except ValueError as e:  # a non-finite update cannot be quantised; the server would reject it anyway
+        raise ImplantFLError(f"the trained update cannot be sent as {mode}: {e}") from e
 
 
 def evaluate(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:

@@ -17,23 +17,26 @@ after decompression sees ordinary weights. Run-config key ``update-compression``
 
 Non-floating arrays (integer buffers) always travel unchanged. Compression happens
 after DP-SGD, on the released weights: it is post-processing and changes no privacy
-guarantee.
+guarantee. A train reply names its mode in its ``site`` ConfigRecord under
+:data:`REPLY_KEY` (no key: ``none``); the server rebuilds the weights before it
+validates them (``server.validation``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord
 
 logger = logging.getLogger(__name__)
 
 MODES = ("none", "fp16", "int8")
 LO, SCALE = "#lo", "#scale"  # suffixes of an int8 tensor's offset and step
 LEVELS = 255  # int8 steps between the update's min and max (uint8 codes 0..255)
+REPLY_KEY = "compression"  # key of the mode in a train reply's ``site`` ConfigRecord
 
 
 def _check_mode(mode: str) -> None:
@@ -84,7 +87,11 @@ def compress_update(new: ArrayRecord, ref: ArrayRecord, mode: str) -> ArrayRecor
             continue
         delta = arr.astype(np.float64) - base.astype(np.float64)
         if mode == "fp16":
-            out[key] = delta.astype(np.float16)
+            with np.errstate(over="ignore"):
+                half = delta.astype(np.float16)
+            if not np.isfinite(half).all():
+                raise ValueError("the update is not finite or beyond the float16 range")
+            out[key] = half
         else:
             codes, lo, scale = quantize_int8(delta)
             out[key] = codes
@@ -93,8 +100,8 @@ def compress_update(new: ArrayRecord, ref: ArrayRecord, mode: str) -> ArrayRecor
     return _record(out)
 
 
-def decompress_update(record: ArrayRecord, ref: ArrayRecord, mode: str) -> ArrayRecord:
-    """The site's weights rebuilt from what it sent and the global weights ``ref``.
+def decompress_update(record: ArrayRecord, ref: ArrayRecord | Mapping[str, np.ndarray], mode: str) -> ArrayRecord:
+    """The site's weights rebuilt from what it sent and the global weights ``ref`` (record or numpy arrays).
 
     Raises
     ------
@@ -108,10 +115,12 @@ def decompress_update(record: ArrayRecord, ref: ArrayRecord, mode: str) -> Array
     extra = {k for k in record.keys() if k.endswith((LO, SCALE))} if mode == "int8" else set()
     if set(record.keys()) - extra != set(ref.keys()):
         raise ValueError(f"the {mode} update does not match the model's arrays")
+    bases = {k: v.numpy() for k, v in ref.items()} if isinstance(ref, ArrayRecord) else ref
     out: OrderedDict[str, np.ndarray] = OrderedDict()
-    for key in ref.keys():
-        base, sent = ref[key].numpy(), record[key].numpy()
-        if not _is_float(base):
+    for key, base in bases.items():
+        sent = record[key].numpy()
+        coded = key + LO in record or key + SCALE in record
+        if not _is_float(sent) and not coded:  # an integer buffer, sent as it is
             out[key] = sent
             continue
         if sent.shape != base.shape:
@@ -123,32 +132,12 @@ def decompress_update(record: ArrayRecord, ref: ArrayRecord, mode: str) -> Array
         else:
             if sent.dtype != np.uint8 or key + LO not in record or key + SCALE not in record:
                 raise ValueError(f"array {key} is not an 8-bit code with its offset and scale")
-            delta = dequantize_int8(sent, float(record[key + LO].numpy()), float(record[key + SCALE].numpy()))
-        out[key] = (base.astype(np.float64) + delta).astype(base.dtype)
+            lo, scale = record[key + LO].numpy(), record[key + SCALE].numpy()
+            if lo.size != 1 or scale.size != 1 or not np.isfinite(lo).all() or not np.isfinite(scale).all():
+                raise ValueError(f"array {key} has no finite scalar offset and scale")
+            delta = dequantize_int8(sent, float(lo.item()), float(scale.item()))
+        out[key] = (base.astype(np.float64) + delta).astype(base.dtype if _is_float(base) else np.float32)
     return _record(out)
-
-
-def decompress_replies(replies: Iterable[Message], ref: ArrayRecord, mode: str) -> list[Message]:
-    """Rebuild the weights in every train reply, in place, before validation and aggregation.
-
-    A reply that cannot be decompressed loses its arrays, so that validation rejects it
-    ("expected exactly one ArrayRecord") instead of taking a raw update for weights.
-    Replies with an error or without arrays (refusals) are left alone.
-    """
-    _check_mode(mode)
-    out = list(replies)
-    if mode == "none":
-        return out
-    for msg in out:
-        if msg.has_error() or len(msg.content.array_records) != 1:
-            continue
-        key = next(iter(msg.content.array_records))
-        try:
-            msg.content[key] = decompress_update(msg.content.array_records[key], ref, mode)
-        except ValueError as e:
-            logger.warning("reply from node %s not decompressed: %s", msg.metadata.src_node_id, e)
-            del msg.content[key]
-    return out
 
 
 def record_bytes(record: ArrayRecord) -> int:
@@ -156,3 +145,12 @@ def record_bytes(record: ArrayRecord) -> int:
     from flwr.common.serde import array_record_to_proto
 
     return int(array_record_to_proto(record).ByteSize())
+
+
+def payload_bytes(record: ArrayRecord) -> int:
+    """Bytes of the arrays' serialised data (``.npy``) in ``record``, without Flower's framing (< 0.2%).
+
+    Cheap (no serialisation), so the server counts it for every reply; :func:`record_bytes`
+    is the exact protobuf size.
+    """
+    return int(sum(len(arr.data) for arr in record.values()))

@@ -18,6 +18,12 @@ OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("rdp", "prv")
 LOSSES = ("ce", "fedrs", "logit-adjust", "class-balanced")  # client.losses (common cannot import client)
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch", "ghost")  # Opacus modes; auto: per model
+COMPRESSIONS = ("none", "fp16", "int8")  # common.compression.MODES
+# Client-level DP with Flower's strategy wrappers (server.client_dp): clipping on the server or
+# at the site (Flower's clipping mods), with a fixed or adaptive (Andrew et al. 2019) clipping norm.
+CLIENT_DP = ("none", "fixed-server", "fixed-client", "adaptive-server", "adaptive-client")
+CLIENT_DP_STRATEGIES = ("fedavg", "fedprox", "fedadam")  # the wrappers calibrate noise to a mean of updates
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,18 @@ class RunConfig:
     logit_adjust_tau: float = 1.0  # logit adjustment strength (local-loss = logit-adjust)
     seed: int = 0  # seed for model init and site sampling
     val_fraction: float = 0.2  # fraction of each site's data held out for local validation
+    # Opacus per-sample-gradient mode: auto = the fastest valid mode measured for the model
+    # (common.models.DP_GRAD_SAMPLE_MODE, benchmarks.dp_overhead), else hooks | ew | functorch | ghost
+    grad_sample_mode: str = "auto"
+    update_compression: str = "none"  # site update on the wire: none | fp16 | int8 (common.compression)
+    client_dp: str = "none"  # client-level DP: none | fixed-server | fixed-client | adaptive-server | adaptive-client
+    client_dp_noise: float = 1.0  # noise multiplier of the Gaussian added to the aggregate (x clip / sampled sites)
+    client_dp_clip: float = 1.0  # L2 bound of one site's update (initial bound when adaptive)
+    client_dp_sampled_sites: int = 0  # sites the noise is calibrated for; 0 = min-fit-sites
+    client_dp_target_quantile: float = 0.5  # adaptive: fraction of updates left unclipped the bound aims at
+    client_dp_clip_lr: float = 0.2  # adaptive: learning rate of the clipping bound
+    client_dp_count_stddev: float = 0.0  # adaptive: noise on the clipped-update count; 0 = sampled sites / 20
+    secure_aggregation: bool = False  # SecAgg+: not available with this ServerApp on flwr 1.41 (ConfigError)
 
     def __post_init__(self) -> None:
         limits = {
@@ -81,8 +99,15 @@ class RunConfig:
             "fedrs_alpha": (0.0, 1.0),
             "logit_adjust_tau": (0.0, 10.0),
             "val_fraction": (0.0, 0.9),
+            "client_dp_noise": (0.0, 100.0),
+            "client_dp_clip": (1e-6, 1e6),
+            "client_dp_sampled_sites": (0, 100_000),
+            "client_dp_target_quantile": (0.0, 1.0),
+            "client_dp_clip_lr": (1e-6, 10.0),
+            "client_dp_count_stddev": (0.0, 1e6),
         }
-        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES, "optimizer": OPTIMIZERS}
+        choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES, "optimizer": OPTIMIZERS,
+                   "grad_sample_mode": GRAD_SAMPLE_MODES, "update_compression": COMPRESSIONS}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
@@ -94,6 +119,42 @@ class RunConfig:
             raise ConfigError("min-fit-sites cannot exceed min-available-sites")
         if self.dp and self.delta <= 0:
             raise ConfigError("delta must be > 0 when dp is on")
+        if self.dp and self.grad_sample_mode == "ghost" and (self.local_loss != "ce" or self.proximal_mu > 0):
+            raise ConfigError("grad-sample-mode = ghost needs local-loss = ce and proximal-mu = 0 "
+                              "(ghost clipping cannot clip other losses or the proximal term)")
+        self._check_client_dp()
+        if self.secure_aggregation:
+            raise ConfigError(
+                "secure-aggregation = true is not available: flwr 1.41 runs SecAgg+ only inside its legacy "
+                "workflow (SecAggPlusWorkflow needs a LegacyContext with a legacy Strategy, and secaggplus_mod "
+                "needs legacy FitRes replies), while this ServerApp runs its own Message-API round loop that "
+                "validates every site's update before aggregation, which a masked sum does not allow. "
+                "Use client-dp for a guarantee on the released model."
+            )
+
+    @property
+    def client_dp_sites(self) -> int:
+        """Sites per round the client-level DP noise is calibrated for."""
+        return self.client_dp_sampled_sites or self.min_fit_sites
+
+    def _check_client_dp(self) -> None:
+        if self.client_dp not in CLIENT_DP:
+            raise ConfigError(f"client-dp = {self.client_dp!r}; choose one of {', '.join(CLIENT_DP)}")
+        if self.client_dp == "none":
+            return
+        if self.strategy not in CLIENT_DP_STRATEGIES:
+            raise ConfigError(f"client-dp needs a strategy that averages updates ({', '.join(CLIENT_DP_STRATEGIES)}); "
+                              f"its noise is calibrated to a mean, not to {self.strategy}")
+        if self.client_dp.endswith("-client") and self.update_compression != "none":
+            raise ConfigError("client-dp with site-side clipping needs update-compression = none "
+                              "(Flower's clipping mod clips the weights a site sends, not a compressed update)")
+        if self.client_dp.startswith("adaptive") and self.client_dp_noise > 0:
+            count_stddev = self.client_dp_count_stddev or self.client_dp_sites / 20
+            if self.client_dp_noise >= 2 * count_stddev:
+                raise ConfigError(
+                    f"adaptive client-dp: client-dp-noise = {self.client_dp_noise:g} must be below twice the "
+                    f"count noise ({count_stddev:g}); raise client-dp-count-stddev (Andrew et al. 2019)"
+                )
 
     # ------------------------------------------------------------------ conversion
     @classmethod

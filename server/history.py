@@ -1,4 +1,9 @@
-"""Per-round, per-site record of a federated run: what ``results.json`` ``rounds`` holds."""
+"""Per-round, per-site record of a federated run: what ``results.json`` ``rounds`` holds.
+
+Besides each site's own metrics, a site's train entry has ``update-bytes`` (bytes of the
+arrays it sent, after any ``update-compression``) and the round's aggregate the mean
+``update-bytes`` per update received.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ class RoundRecord:
             for key, value in v.metrics.items():
                 name = f"{phase}-examples" if key == "num-examples" else key
                 entry[name] = value
+            if v.update_bytes:
+                entry["update-bytes"] = v.update_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {"round": self.round, "sites": self.sites, "aggregate": self.aggregate, "wall_s": self.wall_s}
@@ -43,6 +50,12 @@ def weighted_means(verdicts: Iterable[ReplyVerdict], keys: Iterable[str]) -> dic
     if total <= 0:
         return {}
     return {k: sum(v.metrics.get(k, 0.0) * v.metrics.get("num-examples", 0) for v in used) / total for k in keys}
+
+
+def mean_update_bytes(verdicts: Iterable[ReplyVerdict]) -> dict[str, float]:
+    """``{"update-bytes": mean bytes per update}`` over the replies that carried arrays (empty if none)."""
+    sizes = [v.update_bytes for v in verdicts if v.update_bytes]
+    return {"update-bytes": sum(sizes) / len(sizes)} if sizes else {}
 
 
 @dataclass

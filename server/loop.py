@@ -2,27 +2,28 @@
 
 Flower's ``Strategy.start`` runs the rounds itself; ImplantFL needs four things it does
 not do, so the loop is ours and the strategy's ``configure_*``/``aggregate_*`` are
-Flower's: every reply is validated (shapes, finite values, norm bound) before
-aggregation, per-site metrics are kept each round, the run is checkpointed after every
-round, and a restarted run resumes from its last checkpoint.
+Flower's: every reply is rebuilt if its update was compressed, then validated (shapes,
+finite values, norm bound) before aggregation, per-site metrics (and bytes sent) are
+kept each round, the run is checkpointed after every round, and a restarted run resumes
+from its last checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.errors import ImplantFLError
 from common.weights import record_to_numpy
-from server.history import RoundRecord, RunHistory, weighted_means
+from server.history import RoundRecord, RunHistory, mean_update_bytes, weighted_means
 from server.validation import validate_replies
 
 logger = logging.getLogger(__name__)
@@ -53,15 +54,17 @@ def run_rounds(
 ) -> LoopState:
     """Run rounds ``state.start_round .. cfg.num_server_rounds``; returns the final state."""
     arrays = state.arrays
+    names: dict[int, str] = {}  # node id -> site name, learned from replies (names failed sites)
     for rnd in range(state.start_round, cfg.num_server_rounds + 1):
         wait_for_sites(grid, cfg.min_available_sites, timeout_s=cfg.round_timeout_s)
         t0 = time.monotonic()
         record = RoundRecord(round=rnd)
         logger.info("round %d/%d: training", rnd, cfg.num_server_rounds)
-        replies = grid.send_and_receive(
-            strategy.configure_train(rnd, arrays, ConfigRecord(dict(send_config)), grid), timeout=cfg.round_timeout_s
+        replies, senders = _exchange(
+            grid, strategy.configure_train(rnd, arrays, ConfigRecord(dict(send_config)), grid), cfg.round_timeout_s, names
         )
-        verdicts = validate_replies(replies, reference=record_to_numpy(arrays), max_update_norm=cfg.max_update_norm)
+        verdicts = validate_replies(replies, reference=record_to_numpy(arrays), max_update_norm=cfg.max_update_norm,
+                                    senders=senders)
         record.add(verdicts, "train")
         accepted = [v.message for v in verdicts if v.message is not None]
         if accepted:
@@ -71,14 +74,15 @@ def run_rounds(
         else:
             logger.warning("round %d: no usable update; the global model is unchanged", rnd)
         record.aggregate.update(weighted_means(verdicts, TRAIN_KEYS))
+        record.aggregate.update(mean_update_bytes(verdicts))
         record.aggregate["sites-used"] = len(accepted)
 
         if cfg.fraction_evaluate > 0:
-            replies = grid.send_and_receive(
-                strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(send_config)), grid),
-                timeout=cfg.round_timeout_s,
+            replies, senders = _exchange(
+                grid, strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(send_config)), grid),
+                cfg.round_timeout_s, names,
             )
-            verdicts = validate_replies(replies, reference=None, max_update_norm=cfg.max_update_norm)
+            verdicts = validate_replies(replies, reference=None, max_update_norm=cfg.max_update_norm, senders=senders)
             record.add(verdicts, "val")
             record.aggregate.update(weighted_means(verdicts, EVAL_KEYS))
         if evaluate_fn is not None:
@@ -90,6 +94,23 @@ def run_rounds(
             on_round_end(record, arrays)
     state.arrays = arrays
     return state
+
+
+def _exchange(
+    grid: Grid, messages: Iterable[Message], timeout: float, names: dict[int, str]
+) -> tuple[list[Message], dict[str, str]]:
+    """Send, wait for the replies, and say which site each sent message went to.
+
+    ``names`` (node id -> site name) is updated from every reply that names its site.
+    """
+    sent = list(messages)
+    replies = list(grid.send_and_receive(sent, timeout=timeout))
+    for reply in replies:
+        if not reply.has_error() and "site" in reply.content.config_records:
+            names[reply.metadata.src_node_id] = str(reply.content.config_records["site"].get("name", ""))
+    senders = {m.metadata.message_id: names.get(m.metadata.dst_node_id) or f"node-{m.metadata.dst_node_id}"
+               for m in sent}
+    return replies, senders
 
 
 def wait_for_sites(grid: Grid, minimum: int, *, timeout_s: float, poll_s: float = 1.0) -> None:

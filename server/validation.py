@@ -1,19 +1,27 @@
 """Validate site replies before aggregation: a bad reply is dropped with a logged reason.
 
 Checks, in order: the site's own status (refusals carry no weights), a MetricRecord with
-``num-examples`` > 0, exactly the expected arrays with the expected shapes, finite
-values, and an update norm ``||new - global||`` below the configured bound.
+``num-examples`` > 0, a compressed update that rebuilds (the reply's ``site`` record names
+its ``compression``, :mod:`common.compression`; the rebuilt weights replace it in the
+reply), exactly the expected arrays with the expected shapes, finite values, and an update
+norm ``||new - global||`` below the configured bound; last, train replies whose record
+names or metric keys differ from the most common layout (Flower aggregates only replies
+that agree). The bytes of every reply's arrays (as sent, before any rebuilding) are kept
+for the round's history.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Message
 
+from common.compression import MODES, REPLY_KEY, decompress_update, payload_bytes
 from common.weights import update_norm
 
 logger = logging.getLogger(__name__)
@@ -26,11 +34,20 @@ class ReplyVerdict:
     reason: str  # why it was not used ("" when ok)
     metrics: dict[str, float]  # the reply's metrics (kept for the per-site history)
     message: Message | None  # the reply, when accepted
+    update_bytes: int = 0  # bytes of the arrays the site sent (compressed or not); 0 without arrays
 
 
-def site_of(msg: Message) -> tuple[str, str, str]:
-    """(site name, status, reason) from the reply's ``site`` ConfigRecord."""
+def site_of(msg: Message, senders: Mapping[str, str] | None = None) -> tuple[str, str, str]:
+    """(site name, status, reason) from the reply's ``site`` ConfigRecord.
+
+    ``senders`` maps the id of each message the server sent to the site it went to (its
+    name when known, else ``node-<id>``): an error reply the SuperLink writes for a node
+    that never answered comes from the SuperLink itself, so only the message it replies
+    to says which site failed.
+    """
     node = f"node-{msg.metadata.src_node_id}"
+    if senders and msg.metadata.reply_to_message_id in senders:
+        node = senders[msg.metadata.reply_to_message_id]
     if msg.has_error():
         return node, "error", f"client error: {msg.error.reason}"
     rec = msg.content.config_records.get("site")
@@ -44,6 +61,30 @@ def _metrics_of(msg: Message) -> dict[str, float]:
         return {}
     rec = next(iter(msg.content.metric_records.values()))
     return {k: v for k, v in rec.items() if isinstance(v, int | float)}
+
+
+def _update_bytes(msg: Message) -> int:
+    if msg.has_error() or len(msg.content.array_records) != 1:
+        return 0
+    return payload_bytes(next(iter(msg.content.array_records.values())))
+
+
+def rebuild_arrays(msg: Message, reference: Mapping[str, np.ndarray]) -> str:
+    """Replace a compressed reply's arrays by the weights they encode; "" or why that is impossible."""
+    rec = msg.content.config_records.get("site")
+    mode = str(rec.get(REPLY_KEY, "none")) if rec is not None else "none"
+    if mode == "none":
+        return ""
+    if mode not in MODES:
+        return f"unknown update compression {mode[:16]!r}"
+    if len(msg.content.array_records) != 1:
+        return "expected exactly one ArrayRecord"
+    key = next(iter(msg.content.array_records))
+    try:
+        msg.content[key] = decompress_update(msg.content.array_records[key], reference, mode)
+    except ValueError as e:
+        return f"{mode} update cannot be rebuilt: {e}"
+    return ""
 
 
 def check_arrays(msg: Message, reference: Mapping[str, np.ndarray], max_update_norm: float) -> str:
@@ -72,20 +113,49 @@ def validate_replies(
     *,
     reference: Mapping[str, np.ndarray] | None,
     max_update_norm: float,
+    senders: Mapping[str, str] | None = None,
 ) -> list[ReplyVerdict]:
-    """Judge every reply. ``reference`` = the global arrays sent (None for evaluate replies)."""
+    """Judge every reply. ``reference`` = the global arrays sent (None for evaluate replies);
+    ``senders``: sent message id -> site (see :func:`site_of`)."""
     verdicts = []
     for msg in replies:
-        site, status, reason = site_of(msg)
+        site, status, reason = site_of(msg, senders)
         metrics = _metrics_of(msg)
+        sent = _update_bytes(msg)
         if status == "ok":
             if not metrics or metrics.get("num-examples", 0) <= 0:
                 status, reason = "rejected", "no examples reported"
             elif reference is not None:
-                problem = check_arrays(msg, reference, max_update_norm)
+                problem = rebuild_arrays(msg, reference) or check_arrays(msg, reference, max_update_norm)
                 if problem:
                     status, reason = "rejected", problem
         if status != "ok":
             logger.warning("reply from %s not used (%s): %s", site, status, reason)
-        verdicts.append(ReplyVerdict(site, status, reason, metrics, msg if status == "ok" else None))
-    return verdicts
+        verdicts.append(ReplyVerdict(site, status, reason, metrics, msg if status == "ok" else None, sent))
+    return _same_layout(verdicts) if reference is not None else verdicts
+
+
+def _layout(msg: Message) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[str]]:
+    records = msg.content.metric_records
+    keys = frozenset(next(iter(records.values())).keys()) if len(records) == 1 else frozenset()
+    return tuple(msg.content.array_records), tuple(records), keys
+
+
+def _same_layout(verdicts: list[ReplyVerdict]) -> list[ReplyVerdict]:
+    """Keep the accepted train replies that share the most common record layout; reject the others.
+
+    Flower's strategies refuse to aggregate (they raise) unless every reply has the same
+    record names and metric keys, so one odd reply would otherwise stop the round.
+    """
+    layouts = Counter(_layout(v.message) for v in verdicts if v.message is not None)
+    if len(layouts) <= 1:
+        return verdicts
+    common = layouts.most_common(1)[0][0]
+    out = []
+    for v in verdicts:
+        if v.message is not None and _layout(v.message) != common:
+            logger.warning("reply from %s not used (rejected): its records differ from the other replies", v.site)
+            v = dataclasses.replace(v, status="rejected", reason="records or metric keys differ from the other replies",
+                                    message=None)
+        out.append(v)
+    return out

@@ -180,6 +180,10 @@ def run(opts: SimOptions) -> dict[str, Any]:
         results["final_by_body_part"] = by_body_part(test.files, res.probs, res.labels, studies, prep.fed.catalog.ids)
     if prep.cfg.dp:
         results["privacy"] = privacy_summary(state.history.to_list(), prep.cfg)
+    if prep.cfg.client_dp != "none":  # the guarantee for a whole site, on the released model
+        from server.client_dp import client_dp_guarantee
+
+        results["client_level_privacy"] = client_dp_guarantee(prep.cfg, results["rounds"], num_sites=len(sites))
     if opts.baseline:
         from simulations.centralized import train_centralized
 

@@ -30,6 +30,15 @@ MODELS: dict[str, Builder] = {
     "ensemble-mura": zoo.ensemble_mura,
 }
 
+# Fastest valid Opacus per-sample-gradient mode per model: what run-config
+# ``grad-sample-mode = auto`` uses (client.task). Measured by ``benchmarks.dp_overhead``
+# (benchmarks/results/dp_overhead.json, 64 px, batch 32, 1 thread): ``ew`` trains at
+# 1.95x the plain time for the CNN (hooks 2.56x, ghost 2.15x, functorch 2.85x) and 4.2x
+# for ResNet-18 (hooks 8.6x, ghost 5.9x), with the same clipped step as hooks. A model not
+# listed gets ``hooks``, Opacus' reference; ``ew`` fails on MONAI's DenseNet (so on both
+# ensembles too), and the other models are not measured.
+DP_GRAD_SAMPLE_MODE: dict[str, str] = {"cnn": "ew", "resnet18": "ew"}
+
 
 def build_model(name: str, *, num_classes: int, image_size: int) -> nn.Module:
     """Build a fresh model by registry name."""
@@ -40,4 +49,4 @@ def build_model(name: str, *, num_classes: int, image_size: int) -> nn.Module:
     return builder(num_classes, image_size)
 
 
-__all__ = ["MODELS", "build_model", "CNNConfig", "DNNConfig", "ImplantCNN", "ImplantDNN"]
+__all__ = ["MODELS", "DP_GRAD_SAMPLE_MODE", "build_model", "CNNConfig", "DNNConfig", "ImplantCNN", "ImplantDNN"]

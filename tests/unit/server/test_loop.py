@@ -51,6 +51,14 @@ def silent(_site: str) -> Behaviour:
     return lambda msg: None
 
 
+UNAVAILABLE = RecordDict()  # a behaviour's answer when the node has gone away
+
+
+def dies_after_round_1(site: str) -> Behaviour:
+    answer = honest(site)
+    return lambda msg: answer(msg) if msg.content.config_records["config"]["server-round"] == 1 else UNAVAILABLE
+
+
 class FakeGrid:
     """The two Grid methods the loop and Flower's strategies use, with scripted nodes."""
 
@@ -66,10 +74,17 @@ class FakeGrid:
         self.timeouts.append(timeout)
         replies = []
         for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.sent)}"  # as Flower's grids do when pushing
             node = msg.metadata.dst_node_id
             self.sent.append((node, msg.metadata.message_type))
             content = self.behaviours[node](msg)
-            if content is not None:
+            if content is UNAVAILABLE:  # the SuperLink answers for a node that went away
+                from flwr.server.superlink.linkstate.utils import (
+                    create_message_error_unavailable_res_message,
+                )
+
+                replies.append(create_message_error_unavailable_res_message(msg.metadata, "node_unavail"))
+            elif content is not None:
                 replies.append(reply_message(content, src_node_id=node, message_type=msg.metadata.message_type))
         return replies
 
@@ -135,6 +150,17 @@ def test_a_silent_site_does_not_stall_the_round_and_the_timeout_comes_from_the_c
     assert grid.timeouts == [12.5, 12.5]
     assert [sorted(r.sites) for r in state.history.rounds] == [["a", "b"], ["a", "b"]]
     np.testing.assert_allclose(state.arrays["b"].numpy(), GLOBAL["b"] + 2 * STEP, atol=1e-6)
+
+
+def test_a_site_that_went_away_is_named_in_the_history_not_as_the_superlink():
+    # Prepare: site "b" (node 2) answers round 1, then the SuperLink reports it unavailable
+    grid = FakeGrid({1: honest("a"), 2: dies_after_round_1("b")})
+    # Execute
+    state = _run(grid, CFG.replace(num_server_rounds=2))
+    # Assert
+    second = state.history.rounds[1].sites
+    assert sorted(second) == ["a", "b"] and second["b"]["status"] == "error"
+    assert "node-" not in " ".join(second)
 
 
 def test_evaluation_replies_are_validated_and_recorded_per_site():

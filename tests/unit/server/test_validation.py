@@ -2,9 +2,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from tests.conftest import reply_message
-
 from server.validation import validate_replies
+from tests.conftest import reply_message
 
 REF = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 
