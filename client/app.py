@@ -7,7 +7,8 @@
 Train messages pass through :func:`client_dp_mod`: when the run asks for client-level DP
 with clipping at the site (``client-dp = fixed-client | adaptive-client``), Flower's
 ``fixedclipping_mod`` / ``adaptiveclipping_mod`` clip the update this site sends; other
-runs pass unchanged, so one ClientApp serves every run.
+runs pass unchanged, so one ClientApp serves every run. Before that, train messages of a
+run with ``secure-aggregation = true`` go through SecAgg+ (:mod:`client.secure_agg`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from client import task
 from client.runtime import SiteRuntime, resolve_site
+from client.secure_agg import secure_agg_mod
 
 
 def _arrays(msg: Message) -> ArrayRecord:
@@ -30,7 +32,8 @@ def _arrays(msg: Message) -> ArrayRecord:
 
 
 def _config(msg: Message) -> dict:
-    config = dict(next(iter(msg.content.config_records.values())))
+    records = msg.content.config_records  # a secure round adds the SecAgg+ protocol's record
+    config = dict(records["config"] if "config" in records else next(iter(records.values())))
     config.pop(KEY_CLIPPING_NORM, None)  # the client-side DP wrapper's, read by the clipping mod
     return config
 
@@ -46,7 +49,7 @@ def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     must reach the server with its ``site`` status, so it is returned unchanged.
     """
     records = msg.content.config_records
-    config = next(iter(records.values())) if len(records) == 1 else {}
+    config = records["config"] if "config" in records else next(iter(records.values())) if len(records) == 1 else {}
     flower_mod = CLIPPING_MODS.get(str(config.get("client-dp", "none")))
     if flower_mod is None:
         return call_next(msg, context)
@@ -73,7 +76,7 @@ def build_client_app(sim_sites: Sequence[SiteRuntime] | None = None) -> ClientAp
     app = ClientApp()
     sites = list(sim_sites) if sim_sites is not None else None
 
-    @app.train(mods=[client_dp_mod])
+    @app.train(mods=[secure_agg_mod, client_dp_mod])
     def _train(msg: Message, context: Context) -> Message:
         site = resolve_site(context.node_config, sites)
         content = task.train(site, _arrays(msg), _config(msg), run_id=context.run_id)

@@ -24,6 +24,7 @@ COMPRESSIONS = ("none", "fp16", "int8")  # common.compression.MODES
 # at the site (Flower's clipping mods), with a fixed or adaptive (Andrew et al. 2019) clipping norm.
 CLIENT_DP = ("none", "fixed-server", "fixed-client", "adaptive-server", "adaptive-client")
 CLIENT_DP_STRATEGIES = ("fedavg", "fedprox", "fedadam")  # the wrappers calibrate noise to a mean of updates
+SECAGG_STRATEGIES = ("fedavg", "fedprox")  # aggregate = the weighted mean update, all SecAgg+ reveals
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,13 @@ class RunConfig:
     client_dp_target_quantile: float = 0.5  # adaptive: fraction of updates left unclipped the bound aims at
     client_dp_clip_lr: float = 0.2  # adaptive: learning rate of the clipping bound
     client_dp_count_stddev: float = 0.0  # adaptive: noise on the clipped-update count; 0 = sampled sites / 20
-    secure_aggregation: bool = False  # SecAgg+: not available with this ServerApp on flwr 1.41 (ConfigError)
+    # SecAgg+ (server.secure_agg): the server learns only the example-weighted mean update of a round's sites
+    secure_aggregation: bool = False
+    secagg_num_shares: float = 1.0  # fraction of the sampled sites each site shares masks with (Flower rounds up to odd)
+    secagg_reconstruction_threshold: float = 0.6  # fraction of those shares needed to unmask (>= 2 sites)
+    secagg_clipping_range: float = 1.0  # each value of (update x examples / max-weight) is clipped to +-this
+    secagg_quantization_range: int = 2**24  # quantisation levels over the clipping range (x sites < 2^32)
+    secagg_max_weight: int = 10_000  # largest number of training examples a site may weigh its update with
 
     def __post_init__(self) -> None:
         limits = {
@@ -105,6 +112,11 @@ class RunConfig:
             "client_dp_target_quantile": (0.0, 1.0),
             "client_dp_clip_lr": (1e-6, 10.0),
             "client_dp_count_stddev": (0.0, 1e6),
+            "secagg_num_shares": (1e-6, 1.0),
+            "secagg_reconstruction_threshold": (1e-6, 1.0),
+            "secagg_clipping_range": (1e-6, 1e6),
+            "secagg_quantization_range": (2**8, 2**26),  # sites x range must stay below the 2^32 modulus
+            "secagg_max_weight": (1, 10**9),
         }
         choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES, "optimizer": OPTIMIZERS,
                    "grad_sample_mode": GRAD_SAMPLE_MODES, "update_compression": COMPRESSIONS}
@@ -124,13 +136,7 @@ class RunConfig:
                               "(ghost clipping cannot clip other losses or the proximal term)")
         self._check_client_dp()
         if self.secure_aggregation:
-            raise ConfigError(
-                "secure-aggregation = true is not available: flwr 1.41 runs SecAgg+ only inside its legacy "
-                "workflow (SecAggPlusWorkflow needs a LegacyContext with a legacy Strategy, and secaggplus_mod "
-                "needs legacy FitRes replies), while this ServerApp runs its own Message-API round loop that "
-                "validates every site's update before aggregation, which a masked sum does not allow. "
-                "Use client-dp for a guarantee on the released model."
-            )
+            self._check_secure_aggregation()
 
     @property
     def client_dp_sites(self) -> int:
@@ -155,6 +161,19 @@ class RunConfig:
                     f"adaptive client-dp: client-dp-noise = {self.client_dp_noise:g} must be below twice the "
                     f"count noise ({count_stddev:g}); raise client-dp-count-stddev (Andrew et al. 2019)"
                 )
+
+    def _check_secure_aggregation(self) -> None:
+        """SecAgg+ hides every single update: only options that need nothing but their mean are allowed."""
+        if self.strategy not in SECAGG_STRATEGIES:
+            raise ConfigError(f"secure-aggregation needs a strategy that only averages updates "
+                              f"({', '.join(SECAGG_STRATEGIES)}); {self.strategy} needs each site's update")
+        if self.update_compression != "none":
+            raise ConfigError("secure-aggregation quantises the updates itself; set update-compression = none")
+        if self.client_dp != "none":
+            raise ConfigError("secure-aggregation with client-dp is not supported: Flower's DP wrappers clip "
+                              "or inspect each site's update, which SecAgg+ hides from the server")
+        if self.min_fit_sites < 2:
+            raise ConfigError("secure-aggregation needs min-fit-sites >= 2 (a mean of one update is that update)")
 
     # ------------------------------------------------------------------ conversion
     @classmethod

@@ -82,7 +82,7 @@ def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
     send_config = {**cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint()}
     state = run_rounds(
         grid, build_strategy(cfg), cfg, state,
-        send_config=send_config, evaluate_fn=setup.evaluate_fn, on_round_end=on_round_end,
+        send_config=send_config, evaluate_fn=setup.evaluate_fn, on_round_end=on_round_end, context=context,
     )
     setup.final = state
     return state

@@ -5,7 +5,9 @@ not do, so the loop is ours and the strategy's ``configure_*``/``aggregate_*`` a
 Flower's: every reply is rebuilt if its update was compressed, then validated (shapes,
 finite values, norm bound) before aggregation, per-site metrics (and bytes sent) are
 kept each round, the run is checkpointed after every round, and a restarted run resumes
-from its last checkpoint.
+from its last checkpoint. With ``secure-aggregation`` a train round runs SecAgg+
+(:mod:`server.secure_agg`): the server gets only the sites' mean update, and each site's
+metrics and status.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -24,7 +26,7 @@ from common.config import RunConfig
 from common.errors import ImplantFLError
 from common.weights import record_to_numpy
 from server.history import RoundRecord, RunHistory, mean_update_bytes, weighted_means
-from server.validation import validate_replies
+from server.validation import ReplyVerdict, validate_replies
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +53,14 @@ def run_rounds(
     send_config: Mapping[str, Any],
     evaluate_fn: EvaluateFn | None = None,
     on_round_end: RoundHook | None = None,
+    context: Context | None = None,
 ) -> LoopState:
-    """Run rounds ``state.start_round .. cfg.num_server_rounds``; returns the final state."""
+    """Run rounds ``state.start_round .. cfg.num_server_rounds``; returns the final state.
+
+    ``context`` (the ServerApp's) is needed by secure aggregation only.
+    """
+    if cfg.secure_aggregation and context is None:
+        raise ImplantFLError("secure aggregation needs the ServerApp context")
     arrays = state.arrays
     names: dict[int, str] = {}  # node id -> site name, learned from replies (names failed sites)
     for rnd in range(state.start_round, cfg.num_server_rounds + 1):
@@ -60,22 +68,17 @@ def run_rounds(
         t0 = time.monotonic()
         record = RoundRecord(round=rnd)
         logger.info("round %d/%d: training", rnd, cfg.num_server_rounds)
-        replies, senders = _exchange(
-            grid, strategy.configure_train(rnd, arrays, ConfigRecord(dict(send_config)), grid), cfg.round_timeout_s, names
-        )
-        verdicts = validate_replies(replies, reference=record_to_numpy(arrays), max_update_norm=cfg.max_update_norm,
-                                    senders=senders)
-        record.add(verdicts, "train")
-        accepted = [v.message for v in verdicts if v.message is not None]
-        if accepted:
-            new_arrays, _ = strategy.aggregate_train(rnd, accepted)
-            if new_arrays is not None:
-                arrays = new_arrays
+        planned = strategy.configure_train(rnd, arrays, ConfigRecord(dict(send_config)), grid)
+        if cfg.secure_aggregation:
+            new_arrays, verdicts = _secure_train(grid, context, rnd, arrays, planned, cfg, names)
         else:
-            logger.warning("round %d: no usable update; the global model is unchanged", rnd)
+            new_arrays, verdicts = _plain_train(grid, strategy, rnd, arrays, planned, cfg, names)
+        record.add(verdicts, "train")
+        if new_arrays is not None:
+            arrays = new_arrays
         record.aggregate.update(weighted_means(verdicts, TRAIN_KEYS))
         record.aggregate.update(mean_update_bytes(verdicts))
-        record.aggregate["sites-used"] = len(accepted)
+        record.aggregate["sites-used"] = sum(v.status == "ok" for v in verdicts) if new_arrays is not None else 0
 
         if cfg.fraction_evaluate > 0:
             replies, senders = _exchange(
@@ -96,6 +99,45 @@ def run_rounds(
     return state
 
 
+def _plain_train(
+    grid: Grid, strategy: Strategy, rnd: int, arrays: ArrayRecord, planned: Iterable[Message], cfg: RunConfig,
+    names: dict[int, str],
+) -> tuple[ArrayRecord | None, list[ReplyVerdict]]:
+    """Send the train messages, validate every site's update, aggregate the accepted ones."""
+    replies, senders = _exchange(grid, planned, cfg.round_timeout_s, names)
+    verdicts = validate_replies(replies, reference=record_to_numpy(arrays), max_update_norm=cfg.max_update_norm,
+                                senders=senders)
+    accepted = [v.message for v in verdicts if v.message is not None]
+    if not accepted:
+        logger.warning("round %d: no usable update; the global model is unchanged", rnd)
+        return None, verdicts
+    new_arrays, _ = strategy.aggregate_train(rnd, accepted)
+    return new_arrays, verdicts
+
+
+def _secure_train(
+    grid: Grid, context: Context | None, rnd: int, arrays: ArrayRecord, planned: Iterable[Message], cfg: RunConfig,
+    names: dict[int, str],
+) -> tuple[ArrayRecord | None, list[ReplyVerdict]]:
+    """One SecAgg+ round: the server gets the mean update; per site only metrics and status."""
+    from server.secure_agg import secure_train_round, senders_of
+
+    assert context is not None  # checked by run_rounds
+    result = secure_train_round(grid, context, rnd, arrays, planned, cfg)
+    _learn_names(result.replies, names)
+    verdicts = validate_replies(result.replies, reference=None, max_update_norm=cfg.max_update_norm,
+                                senders=senders_of(result.sent, names))
+    if result.arrays is None:
+        logger.warning("round %d: %s; the global model is unchanged", rnd, result.reason)
+    return result.arrays, verdicts
+
+
+def _learn_names(replies: Iterable[Message], names: dict[int, str]) -> None:
+    for reply in replies:
+        if not reply.has_error() and "site" in reply.content.config_records:
+            names[reply.metadata.src_node_id] = str(reply.content.config_records["site"].get("name", ""))
+
+
 def _exchange(
     grid: Grid, messages: Iterable[Message], timeout: float, names: dict[int, str]
 ) -> tuple[list[Message], dict[str, str]]:
@@ -105,9 +147,7 @@ def _exchange(
     """
     sent = list(messages)
     replies = list(grid.send_and_receive(sent, timeout=timeout))
-    for reply in replies:
-        if not reply.has_error() and "site" in reply.content.config_records:
-            names[reply.metadata.src_node_id] = str(reply.content.config_records["site"].get("name", ""))
+    _learn_names(replies, names)
     senders = {m.metadata.message_id: names.get(m.metadata.dst_node_id) or f"node-{m.metadata.dst_node_id}"
                for m in sent}
     return replies, senders

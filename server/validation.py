@@ -59,7 +59,8 @@ def site_of(msg: Message, senders: Mapping[str, str] | None = None) -> tuple[str
 def _metrics_of(msg: Message) -> dict[str, float]:
     if msg.has_error() or not msg.content.metric_records:
         return {}
-    rec = next(iter(msg.content.metric_records.values()))
+    records = msg.content.metric_records  # a secure round's reply also holds the protocol's own records
+    rec = records["metrics"] if "metrics" in records else next(iter(records.values()))
     return {k: v for k, v in rec.items() if isinstance(v, int | float)}
 
 

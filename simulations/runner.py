@@ -184,6 +184,10 @@ def run(opts: SimOptions) -> dict[str, Any]:
         from server.client_dp import client_dp_guarantee
 
         results["client_level_privacy"] = client_dp_guarantee(prep.cfg, results["rounds"], num_sites=len(sites))
+    if prep.cfg.secure_aggregation:  # what the server could and could not see of the sites' updates
+        from server.secure_agg import guarantee
+
+        results["secure_aggregation"] = guarantee(prep.cfg)
     if opts.baseline:
         from simulations.centralized import train_centralized
 

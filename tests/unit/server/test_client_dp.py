@@ -112,7 +112,11 @@ def test_without_client_dp_the_strategy_is_not_wrapped():
         ({"client-dp": "fixed-client", "update-compression": "int8"}, "update-compression = none"),
         ({"client-dp": "adaptive-server", "client-dp-noise": 1.0}, "client-dp-count-stddev"),
         ({"client-dp": "fixed-server", "client-dp-clip": 0.0}, "client-dp-clip"),
-        ({"secure-aggregation": True}, "SecAggPlusWorkflow needs a LegacyContext"),
+        ({"secure-aggregation": True, "strategy": "krum"}, "only averages updates"),
+        ({"secure-aggregation": True, "update-compression": "fp16"}, "update-compression = none"),
+        ({"secure-aggregation": True, "client-dp": "fixed-server"}, "hides from the server"),
+        ({"secure-aggregation": True, "min-fit-sites": 1}, "min-fit-sites >= 2"),
+        ({"secure-aggregation": True, "secagg-quantization-range": 2**30}, "secagg-quantization-range"),
     ],
 )
 def test_client_dp_and_secure_aggregation_settings_are_checked_at_config_time(values, fragment):

@@ -1,0 +1,177 @@
+"""Secure aggregation (SecAgg+, Bell et al. 2020) of the sites' updates with Flower's protocol.
+
+Flower 1.41 offers SecAgg+ as ``SecAggPlusWorkflow`` for its legacy workflow only. Its
+four stages (setup, share keys, collect masked vectors, unmask) are public methods taking
+a Grid, so this module drives them from ImplantFL's own round loop: a legacy context with
+a scratch state and a two-method stand-in strategy is all they need. Each site replies
+in stage 3 with its update (trained - global), weighted by its number of examples,
+quantised and masked (:mod:`client.secure_agg`); the server only ever learns the
+example-weighted mean update of the sites that took part, never one site's update.
+
+What the server still sees in plain text: each site's metrics and status (examples,
+loss, epsilon, refusals), which sites dropped out, and the evaluation replies. Because no
+single update is visible, the per-site checks of :mod:`server.validation` cannot run;
+sites check their own update (finite, norm bound) before masking, and the server checks
+the aggregate. Dropouts are tolerated once keys are shared (stage 3); a site lost during
+setup or key sharing fails the round, which then leaves the global model unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid
+
+from common.config import RunConfig
+from common.weights import update_norm
+
+logger = logging.getLogger(__name__)
+
+SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+
+
+@dataclass
+class SecAggRound:
+    """What one securely aggregated train round produced."""
+
+    arrays: ArrayRecord | None  # new global weights; None when the round produced no usable update
+    replies: list[Message] = field(default_factory=list)  # stage-3 replies: metrics and status only, no weights
+    sent: list[Message] = field(default_factory=list)  # the stage-3 messages (say which site each reply is from)
+    reason: str = ""  # why there is no update ("" when there is one)
+
+
+class _CapturingGrid:
+    """A Grid that keeps the stage-3 exchange (the messages that carry the sites' train config)."""
+
+    def __init__(self, grid: Grid) -> None:
+        self._grid = grid
+        self.sent: list[Message] = []
+        self.replies: list[Message] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        messages = list(messages)
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
+        if any("config" in m.content.config_records for m in messages):  # the collect-masked-vectors stage
+            self.sent, self.replies = messages, replies
+        return replies
+
+
+class _StageStrategy:
+    """The two methods of a legacy Strategy that the SecAgg+ stages call."""
+
+    def __init__(self, proxies: list[Any]) -> None:
+        self.proxies = proxies
+
+    def configure_fit(self, server_round: int, parameters: Any, client_manager: Any) -> list[tuple[Any, Any]]:
+        from flwr.common import FitIns, Parameters
+
+        return [(p, FitIns(Parameters(tensors=[], tensor_type=""), {})) for p in self.proxies]
+
+    def aggregate_fit(self, server_round: int, results: list, failures: list) -> tuple[Any, dict]:
+        # After unmasking every result's parameters hold the weighted mean (Flower's workflow sets them).
+        return (results[0][1].parameters if results else None), {}
+
+
+def workflow(cfg: RunConfig) -> Any:
+    """Flower's SecAgg+ workflow with the run's protocol parameters."""
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    return SecAggPlusWorkflow(
+        num_shares=cfg.secagg_num_shares, reconstruction_threshold=cfg.secagg_reconstruction_threshold,
+        max_weight=float(cfg.secagg_max_weight), clipping_range=cfg.secagg_clipping_range,
+        quantization_range=cfg.secagg_quantization_range, modulus_range=2**32, timeout=cfg.round_timeout_s,
+    )
+
+
+def secure_train_round(
+    grid: Grid, context: Context, rnd: int, arrays: ArrayRecord, messages: Iterable[Message], cfg: RunConfig
+) -> SecAggRound:
+    """Run SecAgg+ over the sites the strategy sampled (``messages``: its train messages)."""
+    from flwr.server import LegacyContext
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+
+    planned = list(messages)
+    if len(planned) < 2:
+        return SecAggRound(None, reason="secure aggregation needs at least 2 sampled sites")
+    if len(planned) * cfg.secagg_quantization_range >= 2**32:  # the masked sum must not wrap the modulus
+        return SecAggRound(None, reason="too many sites for secagg-quantization-range; lower it")
+    wf = workflow(cfg)
+    capture = _CapturingGrid(grid)
+    node_ids = [m.metadata.dst_node_id for m in planned]
+    lctx = LegacyContext(context, strategy=_StageStrategy([GridClientProxy(n, grid, context.run_id) for n in node_ids]))
+    lctx.state = RecordDict()  # a scratch state: the ServerApp's own context is not touched
+    lctx.state.config_records["config"] = ConfigRecord({"current_round": rnd})
+    lctx.state.array_records["parameters"] = ArrayRecord()
+    st = WorkflowState()
+    if not wf.setup_stage(capture, lctx, st):
+        return SecAggRound(None, reason="SecAgg+ setup failed (too few sites answered)")
+    # One RecordDict per site: the collect stage writes each site's ciphertexts into its own.
+    st.nid_to_fitins = {m.metadata.dst_node_id: RecordDict({
+        "arrays": arrays, "config": ConfigRecord(dict(m.content.config_records["config"]))}) for m in planned}
+    stages = (("key sharing", wf.share_keys_stage), ("masked-vector collection", wf.collect_masked_vectors_stage),
+              ("unmasking", wf.unmask_stage))
+    for name, stage in stages:
+        try:
+            ok = stage(capture, lctx, st)
+        except (ArithmeticError, ValueError, KeyError) as e:  # e.g. every site refused: no weight to divide by
+            logger.warning("round %d: SecAgg+ %s failed: %s", rnd, name, type(e).__name__)
+            ok = False
+        if not ok:
+            return SecAggRound(None, capture.replies, capture.sent, f"SecAgg+ {name} failed (a site dropped out early, "
+                                                                    "or no site contributed)")
+    mean_update = list(lctx.state.array_records["parameters"].values())
+    new, reason = apply_update(arrays, [a.numpy() for a in mean_update], cfg.max_update_norm)
+    return SecAggRound(new, capture.replies, capture.sent, reason)
+
+
+def apply_update(arrays: ArrayRecord, mean_update: list[np.ndarray], max_update_norm: float) -> tuple[ArrayRecord | None, str]:
+    """Global weights + the aggregated update, if it is usable; else (None, why)."""
+    if len(mean_update) != len(arrays):
+        return None, f"aggregate has {len(mean_update)} arrays, the model {len(arrays)}"
+    reference = {k: arrays[k].numpy() for k in arrays.keys()}
+    new: dict[str, np.ndarray] = {}
+    for (key, ref), upd in zip(reference.items(), mean_update, strict=True):
+        if upd.shape != ref.shape:
+            return None, f"aggregate array {key} has shape {upd.shape}, expected {ref.shape}"
+        if not np.all(np.isfinite(upd)):
+            return None, "aggregate holds non-finite values"
+        new[key] = (ref.astype(np.float64) + upd).astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else ref
+    norm = update_norm(new, reference)
+    if not np.isfinite(norm) or norm > max_update_norm:
+        return None, f"aggregate update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}"
+    return ArrayRecord({k: Array(v) for k, v in new.items()}), ""
+
+
+def guarantee(cfg: RunConfig) -> dict[str, Any]:
+    """What SecAgg+ protects in this run, for ``results.json``."""
+    return {
+        "protocol": "SecAgg+ (Bell et al. 2020), Flower 1.41 SecAggPlusWorkflow + secaggplus_mod",
+        "num_shares": cfg.secagg_num_shares,
+        "reconstruction_threshold": cfg.secagg_reconstruction_threshold,
+        "clipping_range": cfg.secagg_clipping_range,
+        "quantization_range": cfg.secagg_quantization_range,
+        "modulus_range": 2**32,
+        "max_weight": cfg.secagg_max_weight,
+        "server_sees": "the example-weighted mean update of the sites that took part in a round; each site's "
+                       "metrics and status in plain text; which sites dropped out",
+        "server_never_sees": "any single site's update or weights",
+        "threat_model": "honest-but-curious server; fewer colluding sites than the reconstruction threshold. "
+                        "Not a differential-privacy guarantee: the aggregate itself is released (combine with "
+                        "sample-level DP at the sites). With 2 sites each can infer the other's update.",
+        "dropouts": "tolerated after key sharing; a site lost during setup or key sharing fails the round "
+                    "(the global model stays unchanged for that round)",
+    }
+
+
+def senders_of(sent: Iterable[Message], names: Mapping[int, str]) -> dict[str, str]:
+    """Sent message id -> site name (or node-<id>) for :func:`server.validation.validate_replies`."""
+    return {m.metadata.message_id: names.get(m.metadata.dst_node_id) or f"node-{m.metadata.dst_node_id}" for m in sent}

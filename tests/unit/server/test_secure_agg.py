@@ -1,0 +1,106 @@
+"""SecAgg+ pieces that need no Flower run: the site's masked input and the server's use of the aggregate.
+
+The protocol itself runs end to end in tests/integration/test_secure_agg_e2e.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from client.secure_agg import as_masked_input, secure_agg_mod
+from common.config import RunConfig
+from server.secure_agg import apply_update, guarantee, secure_train_round
+
+
+@pytest.fixture(autouse=True)
+def task_identity(monkeypatch):
+    """Flower's Message() reads the running task's identity, which a real ClientApp process sets."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for attr in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, attr, 1 if attr != "_node_id" else 0)
+
+
+SENT = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+
+
+def _train_msg(**config) -> Message:
+    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in SENT.items()}),
+                          "config": ConfigRecord({"max-update-norm": 10.0, "secagg-max-weight": 100, **config})})
+    return Message(content, dst_node_id=1, message_type="train")
+
+
+def _reply(msg: Message, arrays: dict | None, status: str = "ok", n: int = 20) -> Message:
+    content = RecordDict({"metrics": MetricRecord({"num-examples": n, "train-loss": 0.5, "epsilon": 1.5}),
+                          "site": ConfigRecord({"name": "hosp-a", "status": status, "reason": "" if status == "ok" else "why"})})
+    if arrays is not None:
+        content["arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
+    return Message(content, reply_to=msg)
+
+
+def _masked(reply: Message) -> tuple[list[np.ndarray], int, dict, dict]:
+    c = reply.content
+    return ([a.numpy() for a in c.array_records["fitres.parameters"].values()],
+            int(c.metric_records["fitres.num_examples"]["num_examples"]), dict(c.config_records["site"]),
+            dict(c.metric_records["metrics"]))
+
+
+def test_a_trained_reply_becomes_the_update_in_the_order_sent_weighted_by_its_examples():
+    msg = _train_msg()
+    trained = {"b": np.full(3, 0.5, np.float32), "w": np.full((2, 3), 1.25, np.float32)}  # other key order
+    update, weight, site, metrics = _masked(as_masked_input(msg, _reply(msg, trained)))
+    np.testing.assert_allclose(update[0], np.full((2, 3), 0.25))
+    np.testing.assert_allclose(update[1], np.full(3, 0.5))
+    assert weight == 20 and site["status"] == "ok" and metrics["epsilon"] == 1.5
+
+
+@pytest.mark.parametrize(
+    ("trained", "n", "status", "fragment"),
+    [
+        (None, 20, "budget-exhausted", "why"),  # a refusal keeps its own reason
+        ({"w": np.full((2, 3), np.nan, np.float32), "b": SENT["b"]}, 20, "rejected", "non-finite"),
+        ({"w": SENT["w"] + 9.0, "b": SENT["b"]}, 20, "rejected", "exceeds the bound"),
+        ({"w": SENT["w"] + 0.1, "b": SENT["b"]}, 500, "rejected", "secagg-max-weight"),
+        ({"w": SENT["w"][:1], "b": SENT["b"]}, 20, "rejected", "shape"),
+    ],
+)
+def test_what_the_site_cannot_send_becomes_a_zero_update_of_weight_zero_with_its_reason(trained, n, status, fragment):
+    msg = _train_msg()
+    update, weight, site, _ = _masked(as_masked_input(msg, _reply(msg, trained, "ok" if trained else status, n)))
+    assert weight == 0 and all(not u.any() for u in update) and [u.shape for u in update] == [(2, 3), (3,)]
+    assert site["status"] == status and fragment in site["reason"]
+
+
+def test_other_messages_pass_the_secure_mod_untouched():
+    msg = _train_msg()  # no SecAgg+ protocol record: a run without secure aggregation
+    reply = _reply(msg, {k: v + 1 for k, v in SENT.items()})
+    assert secure_agg_mod(msg, None, lambda m, c: reply) is reply  # type: ignore[arg-type]
+
+
+def test_the_aggregate_moves_the_global_model_only_when_finite_and_within_the_bound():
+    arrays = ArrayRecord({k: Array(v) for k, v in SENT.items()})
+    new, reason = apply_update(arrays, [np.full((2, 3), 0.5), np.full(3, -0.5)], max_update_norm=10.0)
+    assert reason == "" and new is not None
+    np.testing.assert_allclose(new["w"].numpy(), 1.5)
+    assert new["w"].numpy().dtype == np.float32 and list(new.keys()) == ["w", "b"]
+    for update, fragment in [([np.full((2, 3), np.inf), np.zeros(3)], "non-finite"),
+                             ([np.full((2, 3), 50.0), np.zeros(3)], "exceeds the bound"),
+                             ([np.zeros((2, 3))], "arrays")]:
+        new, reason = apply_update(arrays, update, max_update_norm=10.0)
+        assert new is None and fragment in reason
+
+
+def test_a_round_needs_two_sites_and_a_modulus_the_sum_cannot_wrap():
+    arrays = ArrayRecord({k: Array(v) for k, v in SENT.items()})
+    one = secure_train_round(None, None, 1, arrays, [_train_msg()], RunConfig(secure_aggregation=True))  # type: ignore[arg-type]
+    assert one.arrays is None and "at least 2" in one.reason
+    many = secure_train_round(None, None, 1, arrays, [_train_msg()] * 300, RunConfig(secure_aggregation=True))  # type: ignore[arg-type]
+    assert many.arrays is None and "too many sites" in many.reason
+
+
+def test_the_guarantee_names_what_the_server_sees_and_the_threat_model():
+    g = guarantee(RunConfig(secure_aggregation=True))
+    assert g["quantization_range"] == 2**24 and g["clipping_range"] == 1.0
+    assert "mean update" in g["server_sees"] and "colluding" in g["threat_model"] and "key sharing" in g["dropouts"]
