@@ -22,7 +22,7 @@ from common.models import build_model
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.history import RoundRecord
 from server.loop import EvaluateFn, LoopState, RoundHook, run_rounds
-from server.strategy import build_strategy
+from server.strategy import build_strategy, restore_strategy_state, strategy_state
 
 logger = logging.getLogger(__name__)
 
@@ -66,22 +66,25 @@ def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
     cfg, catalog, ckpt_dir = _resolve(setup, context)
     meta = {"config": cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint(), "strategy": cfg.strategy}
     state = LoopState(arrays=initial_arrays(cfg, catalog))
+    strategy = build_strategy(cfg)
     previous = load_checkpoint(ckpt_dir) if ckpt_dir else None
     if previous is not None:
         if previous.meta.get("catalog-fingerprint") != meta["catalog-fingerprint"]:
             raise ConfigError("checkpoint was made with another catalog; use a new checkpoint-dir")
         logger.info("resuming after round %d from checkpoint", previous.round)
         state = LoopState(arrays=previous.arrays, history=previous.history, start_round=previous.round + 1)
+        restore_strategy_state(strategy, dict(previous.meta.get("strategy-state", {})))
 
     def on_round_end(record: RoundRecord, arrays: ArrayRecord) -> None:
         if ckpt_dir is not None:
+            meta["strategy-state"] = strategy_state(strategy)
             save_checkpoint(ckpt_dir, Checkpoint(record.round, arrays, state.history, meta))
         if setup.on_round_end is not None:
             setup.on_round_end(record, arrays)
 
     send_config = {**cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint()}
     state = run_rounds(
-        grid, build_strategy(cfg), cfg, state,
+        grid, strategy, cfg, state,
         send_config=send_config, evaluate_fn=setup.evaluate_fn, on_round_end=on_round_end, context=context,
     )
     setup.final = state

@@ -151,6 +151,7 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
     lines += _global_metrics(summary.get("final", {}))
     lines += _sites(summary, rounds)
     lines += _privacy(summary.get("privacy", {}))
+    lines += _site_level(summary.get("client_level_privacy"), summary.get("secure_aggregation"))
     return "\n".join(lines) + "\n"
 
 
@@ -213,4 +214,19 @@ def _privacy(privacy: Mapping[str, Mapping[str, Any]]) -> list[str]:
               "| site | epsilon | delta | noise multiplier | steps |", "|---|---|---|---|---|"]
     for name, p in privacy.items():
         lines.append(f"| {name} | {p['epsilon']:.2f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['steps']} |")
+    return lines
+
+
+def _site_level(client_dp: Mapping[str, Any] | None, secagg: Mapping[str, Any] | None) -> list[str]:
+    lines: list[str] = []
+    if client_dp:
+        eps = client_dp.get("epsilon")
+        eps_text = f"epsilon {eps:.2f} at delta {client_dp.get('delta', 0):g}" if isinstance(eps, int | float) else \
+            f"no epsilon ({client_dp.get('note', 'not computed')})"
+        lines += ["", f"Client-level DP ({client_dp.get('mechanism')}, {client_dp.get('clipping')} clipping at the "
+                      f"{client_dp.get('clipped_at')}, noise multiplier {client_dp.get('noise_multiplier')}): each whole "
+                      f"site is protected in this model with {eps_text} over {client_dp.get('rounds')} rounds."]
+    if secagg:
+        lines += ["", f"Secure aggregation ({secagg.get('protocol')}): the server saw only {secagg.get('server_sees')}; "
+                      f"never {secagg.get('server_never_sees')}. Threat model: {secagg.get('threat_model')}"]
     return lines

@@ -6,6 +6,8 @@ Flower's DP wrappers (:mod:`server.client_dp`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
@@ -49,3 +51,31 @@ def _base_strategy(cfg: RunConfig) -> Strategy:
     if cfg.strategy == "krum":
         return Krum(num_malicious_nodes=1, **common)
     raise AssertionError(f"unhandled strategy {cfg.strategy}")  # RunConfig validated it
+
+
+def strategy_state(strategy: Strategy) -> dict[str, float]:
+    """What a strategy learns during a run that a resumed run must start from (checkpointed).
+
+    Today: the clipping bound of client-level DP with adaptive clipping, which moves every
+    round (a restart would otherwise fall back to ``client-dp-clip``).
+    """
+    adaptive = _adaptive_clipping(strategy)
+    return {"adaptive-clipping-norm": float(adaptive.clipping_norm)} if adaptive is not None else {}
+
+
+def restore_strategy_state(strategy: Strategy, state: dict[str, float]) -> None:
+    """Put back what :func:`strategy_state` saved; keys a strategy does not have are ignored."""
+    adaptive = _adaptive_clipping(strategy)
+    if adaptive is not None and "adaptive-clipping-norm" in state:
+        adaptive.clipping_norm = float(state["adaptive-clipping-norm"])
+
+
+def _adaptive_clipping(strategy: object) -> Any:
+    """Flower's adaptive-clipping DP wrapper inside our guards (:mod:`server.client_dp`), if any."""
+    seen = 0
+    while strategy is not None and seen < 8:
+        if "AdaptiveClipping" in type(strategy).__name__ and hasattr(strategy, "clipping_norm"):
+            return strategy
+        strategy = getattr(strategy, "dp", None) or getattr(strategy, "inner", None)
+        seen += 1
+    return None

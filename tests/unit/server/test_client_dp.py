@@ -282,3 +282,25 @@ def test_a_round_with_fewer_updates_than_calibrated_counts_as_less_noise():
 def test_without_noise_no_epsilon_is_claimed():
     out = client_dp_guarantee(CFG, _rounds([2]), num_sites=2)
     assert out["epsilon"] is None and "no differential-privacy guarantee" in out["note"]
+
+
+def test_the_adaptive_clipping_bound_survives_a_checkpoint_and_resume(tmp_path):
+    from flwr.app import Array, ArrayRecord
+
+    from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from server.history import RunHistory
+    from server.strategy import restore_strategy_state, strategy_state
+
+    # Prepare: an adaptive run whose bound moved away from its initial value during round 3
+    cfg = RunConfig.from_flower({"client-dp": "adaptive-server", "client-dp-noise": 0.05, "client-dp-clip": 1.0})
+    running = build_strategy(cfg)
+    running.dp.clipping_norm = 0.37  # Flower's wrapper, inside our ServerClipGuard
+    meta = {"strategy-state": strategy_state(running)}
+    save_checkpoint(tmp_path, Checkpoint(3, ArrayRecord({"w": Array(np.zeros(2, np.float32))}), RunHistory(), meta))
+    # Execute: the restarted server builds a fresh strategy and restores it from the checkpoint
+    resumed = build_strategy(cfg)
+    restore_strategy_state(resumed, dict(load_checkpoint(tmp_path).meta["strategy-state"]))
+    # Assert: it continues from the learned bound, not the initial one; other strategies have nothing to keep
+    assert resumed.dp.clipping_norm == pytest.approx(0.37)
+    assert strategy_state(build_strategy(RunConfig())) == {}
+    assert strategy_state(build_strategy(RunConfig.from_flower({"client-dp": "fixed-server"}))) == {}

@@ -132,6 +132,20 @@ def test_model_card_without_privacy_or_metrics_says_so():
     assert "Trained without differential privacy." in card and "no ONNX export" in card
 
 
+def test_model_card_states_site_level_guarantees_when_the_run_had_them():
+    from server.secure_agg import guarantee
+
+    cfg = RunConfig(secure_aggregation=True)
+    info = {"config": cfg.to_flower(), "model": "cnn", "image_size": 64, "catalog_fingerprint": "x",
+            "created": "2025-01-01T00:00:00+00:00", "implantfl_version": "0.1.0"}
+    client_dp = {"mechanism": "fixed-server", "clipping": "fixed", "clipped_at": "server", "noise_multiplier": 1.2,
+                 "epsilon": 3.456, "delta": 1e-5, "rounds": 4}
+    card = model_card(info, CATALOG, {"client_level_privacy": client_dp, "secure_aggregation": guarantee(cfg)})
+    assert "Client-level DP (fixed-server" in card and "epsilon 3.46 at delta 1e-05 over 4 rounds" in card
+    assert "Secure aggregation (SecAgg+" in card and "never any single site's update" in card
+    assert "Client-level" not in model_card(info, CATALOG, {})
+
+
 def test_export_release_from_a_checkpoint(tmp_path):
     from server.checkpoint import Checkpoint, save_checkpoint
     from server.history import RoundRecord, RunHistory
