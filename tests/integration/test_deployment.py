@@ -285,6 +285,22 @@ def test_two_rounds_on_three_sites_then_status_and_export(deployment: Deployment
     assert all(f"| {name} |" in card for name in SITES)
 
 
+@pytest.mark.timeout(240)
+def test_a_securely_aggregated_round_across_real_processes(deployment: Deployment):
+    # Execute: one SecAgg+ round (its four stages travel through the SuperLink like any message)
+    ckpt = "ckpt-secagg"
+    t0 = time.monotonic()
+    proc = deployment.server("run", "--set", f"checkpoint-dir={deployment.root / ckpt}", "--set", "num-server-rounds=1",
+                             "--set", "secure-aggregation=true", "--set", "dp=false", *FAST,
+                             "--wait", "--timeout", "200", timeout=230)
+    deployment.timings["secagg_round_s"] = time.monotonic() - t0
+    # Assert: every site's masked update went into the round, and its metrics still reached the server
+    assert "finished:completed" in proc.stdout
+    [rnd] = deployment.state(ckpt)["history"]
+    assert rnd["aggregate"]["sites-used"] == 3
+    assert all(rnd["sites"][name]["status"] == "ok" and rnd["sites"][name]["train-examples"] > 0 for name in SITES)
+
+
 # ---------------------------------------------------------------------- robustness
 @pytest.mark.timeout(300)
 def test_a_restarted_server_resumes_at_the_next_round(deployment: Deployment):
