@@ -18,10 +18,14 @@ Figures: wall times; ``fl_over_local_ratio`` (everything included); ``ray_startu
 ``fl_first_round_extra_s`` (the federated run's first round minus the plain loop's: actor
 start-up, imports and first data load inside the run); ``fl_steady_rounds_over_local_ratio``
 (rounds 2.. as the server loop times them vs the same rounds of the plain loop: the
-overhead once start-up is over, what the 1.2x target is about); and
+overhead once start-up is over, what the 1.2x target is about);
 ``fl_overhead_per_site_round_s``, the fixed cost per site and round (load the cached
 tensors, build the model, ledger, messages, validation, aggregation), which sets the ratio
-for any other amount of local work. Subtracting run 1 from run 2 is not reported: actor
+for any other amount of local work; and, from a fourth run with ``secure-aggregation``
+(SecAgg+: four message exchanges per train round, masking and unmasking),
+``secagg_steady_rounds_over_fl_ratio`` (rounds 2.. vs the plain federated run) and
+``secagg_round1_max_weight_diff_vs_fl`` (its model after round 1 vs the plain run's, from
+the same site updates: SecAgg+'s quantisation; later rounds amplify any difference). Subtracting run 1 from run 2 is not reported: actor
 start-up under load varies by more than the whole local training of this federation.
 Writes ``benchmarks/results/fl_overhead.json``. Full: 6 rounds of 5 epochs; ``--quick``: 2 rounds of 2.
 """
@@ -53,6 +57,7 @@ class SimTiming:
     sites_used: list[int] = field(default_factory=list)  # accepted replies per round
     update_bytes: list[float] = field(default_factory=list)  # mean bytes per update received, per round
     final_arrays: Any = None  # the global model after the last round (ArrayRecord)
+    first_arrays: Any = None  # the global model after round 1
 
 
 def smoke_federation() -> Path:
@@ -108,7 +113,9 @@ def simulate(sites: Sequence[Any], cfg: Any, catalog: Any, *, num_cpus: int, cli
 
     timing = SimTiming(total_s=0.0)
 
-    def on_round_end(record: Any, _arrays: Any) -> None:
+    def on_round_end(record: Any, arrays: Any) -> None:
+        if timing.first_arrays is None:
+            timing.first_arrays = arrays
         timing.rounds_s.append(record.wall_s)
         timing.sites_used.append(int(record.aggregate.get("sites-used", 0)))
         timing.update_bytes.append(float(record.aggregate.get("update-bytes", 0.0)))
@@ -146,6 +153,13 @@ def task_settings(cfg: Any, n: int, rnd: int) -> Any:
     from client.task import train_settings
 
     return train_settings(cfg, n, rnd, noise=cfg.noise_multiplier, proximal_mu=cfg.proximal_mu)
+
+
+def max_abs_diff(a: Any, b: Any) -> float:
+    """Largest absolute difference between two ArrayRecords' values (same keys)."""
+    import numpy as np
+
+    return max(float(np.max(np.abs(a[k].numpy().astype(np.float64) - b[k].numpy()))) for k in a.keys())
 
 
 def local_loop(data: Sequence[tuple[Any, Any]], cfg: Any, num_classes: int) -> list[float]:
@@ -198,6 +212,7 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
         startup = simulate(sites, cfg.replace(num_server_rounds=1), fed.catalog, num_cpus=1,
                            client_app=build_noop_client_app())
         fl = simulate(sites, cfg, fed.catalog, num_cpus=1)
+        secure = simulate(sites, cfg.replace(secure_aggregation=True), fed.catalog, num_cpus=1)
         local_again = local_loop(data, cfg, len(fed.catalog))  # before and after the federation: load averages out
     local = [(a + b) / 2 for a, b in zip(local, local_again, strict=True)]
     local_s = sum(local)
@@ -210,12 +225,15 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
         "fl_first_round_extra_s": round(fl.rounds_s[0] - local[0], 2),
         "fl_steady_rounds_over_local_ratio": round(steady_fl / steady_local, 3),
         "fl_overhead_per_site_round_s": round((steady_fl - steady_local) / ((rounds - 1) * len(sites)), 3),
+        "secagg_total_s": round(secure.total_s, 2),
+        "secagg_steady_rounds_over_fl_ratio": round(sum(secure.rounds_s[1:]) / steady_fl, 3),
+        "secagg_round1_max_weight_diff_vs_fl": float(f"{max_abs_diff(secure.first_arrays, fl.first_arrays):.3g}"),
     }
-    units = {k: "x" if "ratio" in k else "s" for k in figures}
+    units = {k: "x" if "ratio" in k else "weight" if "diff" in k else "s" for k in figures}
     info = {"quick": quick, "preset": SMOKE, "sites": len(sites), "rounds": rounds, "local_epochs": epochs,
             "train_examples": [len(y) for _, y in data], "model": cfg.model, "optimizer": cfg.optimizer, "dp": False, "ray_num_cpus": 1,
             "federated_evaluation": False, "threads": 1, "fl_rounds_s": [round(r, 3) for r in fl.rounds_s],
-            "local_rounds_s": [round(r, 3) for r in local]}
+            "local_rounds_s": [round(r, 3) for r in local], "secagg_rounds_s": [round(r, 3) for r in secure.rounds_s]}
     return figures, units, info
 
 
