@@ -24,7 +24,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from client import task
 from client.runtime import SiteRuntime, resolve_site
-from client.secure_agg import secure_agg_mod
+from client.secure_agg import SECAGG_RECORD, secure_agg_mod
 
 
 def _arrays(msg: Message) -> ArrayRecord:
@@ -49,6 +49,8 @@ def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     must reach the server with its ``site`` status, so it is returned unchanged.
     """
     records = msg.content.config_records
+    if SECAGG_RECORD in records:  # a secure round: client.secure_agg clips the update it masks
+        return call_next(msg, context)
     config = records["config"] if "config" in records else next(iter(records.values())) if len(records) == 1 else {}
     flower_mod = CLIPPING_MODS.get(str(config.get("client-dp", "none")))
     if flower_mod is None:

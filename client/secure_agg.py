@@ -9,7 +9,9 @@ training examples as the weight. The site checks its own update first (finite va
 the run's norm bound, a weight the protocol can carry), because the server cannot see
 it. A refusal, a site error or a failed check sends a zero update with weight 0: the
 site's status and reason still reach the server in plain text, with its metrics, and
-the protocol completes for everyone else.
+the protocol completes for everyone else. With client-level DP clipped at the site
+(``client-dp = fixed-client``) the update is clipped here to the bound Flower's wrapper
+sends, and every site weighs the same (``secagg-max-weight``), as that wrapper's mean requires.
 
 Other messages (evaluation, runs without secure aggregation) pass through untouched.
 """
@@ -21,6 +23,7 @@ import logging
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +47,16 @@ def as_masked_input(msg: Message, reply: Message) -> Message:
     site = content.config_records.get("site") or ConfigRecord({"name": "", "status": "error", "reason": "site error"})
     metrics = next(iter(content.metric_records.values()), MetricRecord({"num-examples": 0}))
     weight, update = 0, None
+    clip = config.get(KEY_CLIPPING_NORM)  # client-level DP clipped at the site (Flower's wrapper sends the bound)
     if str(site.get("status", "ok")) == "ok" and "arrays" in content.array_records:
-        weight = int(metrics.get("num-examples", 0))
+        # Client-level DP wants equal weights: every site takes the largest weight, which also keeps the
+        # protocol's full precision (it quantises update x weight / secagg-max-weight).
+        weight = int(metrics.get("num-examples", 0)) if clip is None else int(config.get("secagg-max-weight", 10_000))
         update, problem = _update(content.array_records["arrays"], sent, float(config.get("max-update-norm", 1e4)))
         if not problem and weight > int(config.get("secagg-max-weight", 10_000)):
             problem = f"{weight} training examples exceed secagg-max-weight; the run must raise it"
+        if not problem and update is not None and clip is not None:
+            update = _clipped(update, float(clip))
         if problem:
             logger.warning("update not sent: %s", problem)
             site = ConfigRecord({**dict(site), "status": "rejected", "reason": f"checked at the site: {problem}"})
@@ -63,6 +71,12 @@ def as_masked_input(msg: Message, reply: Message) -> Message:
         "metrics": metrics,
         "site": site,
     }), reply_to=msg)
+
+
+def _clipped(update: list[np.ndarray], bound: float) -> list[np.ndarray]:
+    """The update scaled to L2 norm at most ``bound`` (what Flower's ``fixedclipping_mod`` does)."""
+    norm = float(np.sqrt(sum(float(np.sum(u * u)) for u in update)))
+    return update if norm <= bound or norm == 0 else [u * (bound / norm) for u in update]
 
 
 def _update(new: ArrayRecord, sent: ArrayRecord, max_norm: float) -> tuple[list[np.ndarray] | None, str]:

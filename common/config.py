@@ -169,9 +169,10 @@ class RunConfig:
                               f"({', '.join(SECAGG_STRATEGIES)}); {self.strategy} needs each site's update")
         if self.update_compression != "none":
             raise ConfigError("secure-aggregation quantises the updates itself; set update-compression = none")
-        if self.client_dp != "none":
-            raise ConfigError("secure-aggregation with client-dp is not supported: Flower's DP wrappers clip "
-                              "or inspect each site's update, which SecAgg+ hides from the server")
+        if self.client_dp not in ("none", "fixed-client"):
+            raise ConfigError("secure-aggregation works with client-dp = fixed-client only (the sites clip, the "
+                              "server adds the noise to the mean): server-side or adaptive clipping needs each "
+                              "site's update, which SecAgg+ hides from the server")
         if self.min_fit_sites < 2:
             raise ConfigError("secure-aggregation needs min-fit-sites >= 2 (a mean of one update is that update)")
 

@@ -28,12 +28,16 @@ class RecordingGrid:
         self._grid = grid
         self.replies: list = []
         self.evaluated: dict[str, np.ndarray] | None = None
+        self.trained_from: dict[str, np.ndarray] | None = None  # the global weights the sites trained from
 
     def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
         messages = list(messages)
         if messages and messages[0].metadata.message_type == "evaluate" and self.evaluated is None:
             record = messages[0].content.array_records["arrays"]
             self.evaluated = {k: v.numpy().copy() for k, v in record.items()}
+        if self.trained_from is None and messages and "arrays" in messages[0].content.array_records:
+            record = messages[0].content.array_records["arrays"]
+            self.trained_from = {k: v.numpy().copy() for k, v in record.items()}
         replies = list(self._grid.send_and_receive(messages, timeout=timeout))
         self.replies.extend(replies)
         return replies
@@ -42,7 +46,7 @@ class RecordingGrid:
         return getattr(self._grid, name)
 
 
-def _run(tmp_path_factory, name: str, secure: bool):  # noqa: ANN001, ANN202
+def _run(tmp_path_factory, name: str, secure: bool, **extra):  # noqa: ANN001, ANN202
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
@@ -74,7 +78,7 @@ def _run(tmp_path_factory, name: str, secure: bool):  # noqa: ANN001, ANN202
     mp.setattr(server_app, "build_server_app", recording_server_app)
     try:
         results = runner.run(runner.SimOptions(
-            preset="smoke", overrides={**OVERRIDES, "secure-aggregation": secure}, out=base / "run",
+            preset="smoke", overrides={**OVERRIDES, "secure-aggregation": secure, **extra}, out=base / "run",
             progress=False, baseline=False))
     finally:
         mp.undo()
@@ -117,3 +121,21 @@ def test_secure_run_reports_each_sites_privacy_and_states_its_guarantee(runs):
     assert g["protocol"].startswith("SecAgg+") and "single site" in g["server_never_sees"]
     assert g["max_weight"] == 10_000 and g["reconstruction_threshold"] == 0.6
     assert "secure_aggregation" not in plain
+
+
+CLIP = 0.05
+
+
+def test_client_level_dp_clipped_at_the_sites_runs_under_secure_aggregation(tmp_path_factory):
+    # Execute: SecAgg+ with client-level DP clipped at the sites, no noise (so the clipping can be checked)
+    results, _, grid = _run(tmp_path_factory, "secure-client-dp", True, **{
+        "client-dp": "fixed-client", "client-dp-clip": CLIP, "client-dp-noise": 0.0})
+    # Assert: the three sites' clipped updates were averaged with equal weights; the move is at most the bound
+    [rnd] = results["rounds"]
+    assert rnd["aggregate"]["sites-used"] == 3
+    before, after = grid.trained_from, grid.evaluated
+    move = np.sqrt(sum(np.sum((after[k].astype(np.float64) - before[k]) ** 2) for k in before))
+    assert 0.2 * CLIP < move <= CLIP * 1.01
+    g = results["client_level_privacy"]
+    assert (g["mechanism"], g["clipped_at"], g["sites_used_per_round"]) == ("fixed-client", "site", [3])
+    assert "secure_aggregation" in results

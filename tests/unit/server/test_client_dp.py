@@ -115,6 +115,7 @@ def test_without_client_dp_the_strategy_is_not_wrapped():
         ({"secure-aggregation": True, "strategy": "krum"}, "only averages updates"),
         ({"secure-aggregation": True, "update-compression": "fp16"}, "update-compression = none"),
         ({"secure-aggregation": True, "client-dp": "fixed-server"}, "hides from the server"),
+        ({"secure-aggregation": True, "client-dp": "adaptive-client", "client-dp-noise": 0.01}, "fixed-client only"),
         ({"secure-aggregation": True, "min-fit-sites": 1}, "min-fit-sites >= 2"),
         ({"secure-aggregation": True, "secagg-quantization-range": 2**30}, "secagg-quantization-range"),
     ],

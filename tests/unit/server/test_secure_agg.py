@@ -11,7 +11,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from client.secure_agg import as_masked_input, secure_agg_mod
 from common.config import RunConfig
-from server.secure_agg import apply_update, guarantee, secure_train_round
+from common.errors import ConfigError
+from server.secure_agg import add_client_dp_noise, apply_update, guarantee, secure_train_round
 
 
 @pytest.fixture(autouse=True)
@@ -104,3 +105,32 @@ def test_the_guarantee_names_what_the_server_sees_and_the_threat_model():
     g = guarantee(RunConfig(secure_aggregation=True))
     assert g["quantization_range"] == 2**24 and g["clipping_range"] == 1.0
     assert "mean update" in g["server_sees"] and "colluding" in g["threat_model"] and "key sharing" in g["dropouts"]
+
+
+def test_with_client_level_dp_the_site_clips_its_update_and_every_site_weighs_the_same():
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    msg = _train_msg(**{KEY_CLIPPING_NORM: 0.3})
+    trained = {"w": SENT["w"] + 1.0, "b": SENT["b"]}  # update norm sqrt(6) = 2.45, far above the bound
+    update, weight, site, _ = _masked(as_masked_input(msg, _reply(msg, trained, n=20)))
+    norm = np.sqrt(sum(float(np.sum(u * u)) for u in update))
+    assert weight == 100 and site["status"] == "ok" and norm == pytest.approx(0.3)  # secagg-max-weight
+    np.testing.assert_allclose(update[0] / update[0].flat[0], 1.0)  # clipped by scaling, direction kept
+
+
+def test_client_level_dp_noise_goes_on_the_mean_with_flowers_std():
+    cfg = RunConfig(secure_aggregation=True, client_dp="fixed-client", client_dp_noise=2.0, client_dp_clip=0.5,
+                    client_dp_sampled_sites=4)
+    mean = [np.zeros((200, 200))]
+    add_client_dp_noise(mean, cfg)
+    assert np.std(mean[0]) == pytest.approx(2.0 * 0.5 / 4, rel=0.02)
+    untouched = [np.zeros(3)]
+    add_client_dp_noise(untouched, RunConfig(secure_aggregation=True))
+    assert not untouched[0].any()
+
+
+def test_secure_aggregation_takes_client_dp_clipped_at_the_sites_only():
+    assert RunConfig.from_flower({"secure-aggregation": True, "client-dp": "fixed-client"}).client_dp == "fixed-client"
+    for mode in ("fixed-server", "adaptive-server", "adaptive-client"):
+        with pytest.raises(ConfigError, match="fixed-client only"):
+            RunConfig.from_flower({"secure-aggregation": True, "client-dp": mode, "client-dp-noise": 0.01})
