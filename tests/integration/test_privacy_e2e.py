@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.integration.recording import recording_server_app
+
 pytestmark = pytest.mark.slow
 
 CANARY = "CANARY^PATIENT"
@@ -83,9 +85,6 @@ def _broken_export(root: Path, healthy: Path) -> Path:
 def privacy_run(tmp_path_factory):
     import dataclasses
 
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-
     import server.app as server_app
     import simulations.runner as runner
 
@@ -111,21 +110,11 @@ def privacy_run(tmp_path_factory):
         strategies.append(make_strategy(cfg))
         return strategies[-1]
 
-    def recording_server_app(setup):  # noqa: ANN001, ANN202
-        app = ServerApp()
-
-        @app.main()
-        def _main(grid: Grid, context: Context) -> None:
-            grids.append(RecordingGrid(grid))
-            server_app.run(grids[-1], context, setup)
-
-        return app
-
     mp = pytest.MonkeyPatch()
     mp.setenv("IMPLANTFL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     mp.setattr(runner, "simulated_sites", sites_with_refusals)
     mp.setattr(server_app, "build_strategy", recording_strategy)
-    mp.setattr(server_app, "build_server_app", recording_server_app)
+    mp.setattr(server_app, "build_server_app", recording_server_app(grids, RecordingGrid))
     try:
         results = runner.run(runner.SimOptions(preset="smoke", sites=2, overrides=OVERRIDES, out=base / "run",
                                                progress=False, baseline=False))

@@ -16,6 +16,8 @@ import json
 import numpy as np
 import pytest
 
+from tests.integration.recording import recording_server_app
+
 pytestmark = pytest.mark.slow
 
 OVERRIDES = {"num-server-rounds": 1, "local-epochs": 1}
@@ -47,9 +49,6 @@ class RecordingGrid:
 
 
 def _run(tmp_path_factory, name: str, secure: bool, **extra):  # noqa: ANN001, ANN202
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-
     import server.app as server_app
     import simulations.runner as runner
 
@@ -62,20 +61,10 @@ def _run(tmp_path_factory, name: str, secure: bool, **extra):  # noqa: ANN001, A
         return [*healthy, dataclasses.replace(healthy[0], name="budget-site", state_dir=base / "state" / "budget-site",
                                               policy={"max-epsilon": 0.01})]
 
-    def recording_server_app(setup):  # noqa: ANN001, ANN202
-        app = ServerApp()
-
-        @app.main()
-        def _main(grid: Grid, context: Context) -> None:
-            grids.append(RecordingGrid(grid))
-            server_app.run(grids[-1], context, setup)
-
-        return app
-
     mp = pytest.MonkeyPatch()
     mp.setenv("IMPLANTFL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     mp.setattr(runner, "simulated_sites", sites_with_refusal)
-    mp.setattr(server_app, "build_server_app", recording_server_app)
+    mp.setattr(server_app, "build_server_app", recording_server_app(grids, RecordingGrid))
     try:
         results = runner.run(runner.SimOptions(
             preset="smoke", overrides={**OVERRIDES, "secure-aggregation": secure, **extra}, out=base / "run",
