@@ -121,17 +121,27 @@ def secure_train_round(
               ("unmasking", wf.unmask_stage))
     for name, stage in stages:
         try:
-            ok = stage(capture, lctx, st)
+            with np.errstate(divide="ignore", invalid="ignore"):  # a round nobody contributed to: checked below
+                ok = stage(capture, lctx, st)
         except (ArithmeticError, ValueError, KeyError) as e:  # e.g. every site refused: no weight to divide by
             logger.warning("round %d: SecAgg+ %s failed: %s", rnd, name, type(e).__name__)
             ok = False
         if not ok:
             return SecAggRound(None, capture.replies, capture.sent, f"SecAgg+ {name} failed (a site dropped out early, "
                                                                     "or no site contributed)")
+    if not any(_contributed(r) for r in capture.replies):
+        return SecAggRound(None, capture.replies, capture.sent, "no site contributed an update")
     mean_update = [a.numpy() for a in lctx.state.array_records["parameters"].values()]
     add_client_dp_noise(mean_update, cfg)
     new, reason = apply_update(arrays, mean_update, cfg.max_update_norm)
     return SecAggRound(new, capture.replies, capture.sent, reason)
+
+
+def _contributed(reply: Message) -> bool:
+    if reply.has_error():
+        return False
+    site = reply.content.config_records.get("site")
+    return site is None or str(site.get("status", "ok")) == "ok"
 
 
 def add_client_dp_noise(mean_update: list[np.ndarray], cfg: RunConfig) -> None:

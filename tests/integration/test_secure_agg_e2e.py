@@ -128,3 +128,15 @@ def test_client_level_dp_clipped_at_the_sites_runs_under_secure_aggregation(tmp_
     g = results["client_level_privacy"]
     assert (g["mechanism"], g["clipped_at"], g["sites_used_per_round"]) == ("fixed-client", "site", [3])
     assert "secure_aggregation" in results
+
+
+def test_a_secure_round_in_which_every_site_refuses_leaves_the_model_unchanged(tmp_path_factory):
+    # Execute: every site's policy refuses the run's noise, so nobody contributes to the masked sum
+    results, _, grid = _run(tmp_path_factory, "secure-all-refuse", True, **{
+        "target-epsilon": 0.0, "noise-multiplier": 0.05})
+    # Assert: the round completed, said why per site, and the global model did not move
+    [rnd] = results["rounds"]
+    assert rnd["aggregate"]["sites-used"] == 0
+    assert {s["status"] for s in rnd["sites"].values()} == {"policy-refused"} and len(rnd["sites"]) == 4
+    before, after = grid.trained_from, grid.evaluated
+    assert all(np.array_equal(after[k], before[k]) for k in before)
