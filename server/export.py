@@ -81,6 +81,14 @@ def export_release(
                   for name, s in summary["sites"].items()},
         "rounds_done": ckpt.round,
     }
+    if cfg.client_dp != "none":  # the guarantees the run had, for the model card
+        from server.client_dp import client_dp_guarantee
+
+        card["client_level_privacy"] = client_dp_guarantee(cfg, card["rounds"], num_sites=len(card["sites"]))
+    if cfg.secure_aggregation:
+        from server.secure_agg import guarantee
+
+        card["secure_aggregation"] = guarantee(cfg)
     return write_release(Path(out), arrays=ckpt.arrays, config=cfg, catalog=catalog, preprocess=params,
                          summary=card, calibration=calibration, onnx=onnx)
 

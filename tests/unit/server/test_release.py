@@ -146,12 +146,14 @@ def test_model_card_states_site_level_guarantees_when_the_run_had_them():
     assert "Client-level" not in model_card(info, CATALOG, {})
 
 
-def test_export_release_from_a_checkpoint(tmp_path):
+@pytest.mark.parametrize("site_level", [False, True])
+def test_export_release_from_a_checkpoint(tmp_path, site_level):
     from server.checkpoint import Checkpoint, save_checkpoint
     from server.history import RoundRecord, RunHistory
 
-    # Prepare
-    cfg = RunConfig(model="cnn", num_server_rounds=3, image_size=SIZE)
+    # Prepare: a plain run, and one with client-level DP clipped at the sites under SecAgg+
+    extra = {"secure_aggregation": True, "client_dp": "fixed-client"} if site_level else {}
+    cfg = RunConfig(model="cnn", num_server_rounds=3, image_size=SIZE, **extra)
     history = RunHistory([RoundRecord(round=1, sites={"hosp-a": {"status": "ok", "train-examples": 40, "val-examples": 9,
                                                                  "epsilon": 0.6, "noise-multiplier": 0.8, "dp-steps": 5,
                                                                  "val-accuracy": 0.5}})])
@@ -164,6 +166,7 @@ def test_export_release_from_a_checkpoint(tmp_path):
     card = (out / "model_card.md").read_text()
     assert rel.info["image_size"] == SIZE and not (out / "model.onnx").exists()
     assert "1 of 3 rounds" in card and "| hosp-a | 0.60 | 1e-05 |" in card and "| hosp-a |  | 40 | 9 | 0.500 |" in card
+    assert ("Client-level DP (fixed-client" in card and "Secure aggregation (SecAgg+" in card) == site_level
 
 
 def test_export_release_refuses_another_catalog_or_an_empty_folder(tmp_path):
