@@ -191,6 +191,8 @@ def guarantee(cfg: RunConfig) -> dict[str, Any]:
                         "Not a differential-privacy guarantee by itself: the aggregate is released (combine with "
                         "sample-level DP at the sites, or client-dp = fixed-client, whose noise the server adds to "
                         "the mean). With 2 sites each can infer the other's update.",
+        "implementation": "prototype-grade cryptography in flwr 1.41: masks from numpy RandomState seeded with "
+                          "32 bits; sites trust the server's list of dropped sites",
         "dropouts": "tolerated after key sharing; a site lost during setup or key sharing fails the round "
                     "(the global model stays unchanged for that round)",
     }
