@@ -13,7 +13,8 @@ run with ``secure-aggregation = true`` go through SecAgg+ (:mod:`client.secure_a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message
@@ -31,9 +32,14 @@ def _arrays(msg: Message) -> ArrayRecord:
     return next(iter(msg.content.array_records.values()))
 
 
+def _run_config(msg: Message) -> Mapping[str, Any]:
+    """The server's run-config record (named ``config``; a secure round adds the SecAgg+ protocol's record)."""
+    records = msg.content.config_records
+    return records["config"] if "config" in records else next(iter(records.values()), {})
+
+
 def _config(msg: Message) -> dict:
-    records = msg.content.config_records  # a secure round adds the SecAgg+ protocol's record
-    config = dict(records["config"] if "config" in records else next(iter(records.values())))
+    config = dict(_run_config(msg))
     config.pop(KEY_CLIPPING_NORM, None)  # the client-side DP wrapper's, read by the clipping mod
     return config
 
@@ -48,10 +54,9 @@ def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     refusal (``policy-refused``, ``budget-exhausted``, ``error``) carries no weights and
     must reach the server with its ``site`` status, so it is returned unchanged.
     """
-    records = msg.content.config_records
-    if SECAGG_RECORD in records:  # a secure round: client.secure_agg clips the update it masks
+    if SECAGG_RECORD in msg.content.config_records:  # a secure round: client.secure_agg clips the update it masks
         return call_next(msg, context)
-    config = records["config"] if "config" in records else next(iter(records.values())) if len(records) == 1 else {}
+    config = _run_config(msg)
     flower_mod = CLIPPING_MODS.get(str(config.get("client-dp", "none")))
     if flower_mod is None:
         return call_next(msg, context)

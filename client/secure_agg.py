@@ -48,12 +48,13 @@ def as_masked_input(msg: Message, reply: Message) -> Message:
     metrics = next(iter(content.metric_records.values()), MetricRecord({"num-examples": 0}))
     weight, update = 0, None
     clip = config.get(KEY_CLIPPING_NORM)  # client-level DP clipped at the site (Flower's wrapper sends the bound)
+    max_weight = int(config.get("secagg-max-weight", 10_000))
     if str(site.get("status", "ok")) == "ok" and "arrays" in content.array_records:
         # Client-level DP wants equal weights: every site takes the largest weight, which also keeps the
         # protocol's full precision (it quantises update x weight / secagg-max-weight).
-        weight = int(metrics.get("num-examples", 0)) if clip is None else int(config.get("secagg-max-weight", 10_000))
+        weight = int(metrics.get("num-examples", 0)) if clip is None else max_weight
         update, problem = _update(content.array_records["arrays"], sent, float(config.get("max-update-norm", 1e4)))
-        if not problem and weight > int(config.get("secagg-max-weight", 10_000)):
+        if not problem and weight > max_weight:
             problem = f"{weight} training examples exceed secagg-max-weight; the run must raise it"
         if not problem and update is not None and clip is not None:
             update = _clipped(update, float(clip))
@@ -75,7 +76,7 @@ def as_masked_input(msg: Message, reply: Message) -> Message:
 
 def _clipped(update: list[np.ndarray], bound: float) -> list[np.ndarray]:
     """The update scaled to L2 norm at most ``bound`` (what Flower's ``fixedclipping_mod`` does)."""
-    norm = float(np.sqrt(sum(float(np.sum(u * u)) for u in update)))
+    norm = _norm(update)
     return update if norm <= bound or norm == 0 else [u * (bound / norm) for u in update]
 
 
@@ -91,7 +92,11 @@ def _update(new: ArrayRecord, sent: ArrayRecord, max_norm: float) -> tuple[list[
         if not np.all(np.isfinite(diff)):
             return None, f"array {key} holds non-finite values"
         update.append(diff)
-    norm = float(np.sqrt(sum(float(np.sum(d * d)) for d in update)))
+    norm = _norm(update)
     if norm > max_norm:
         return None, f"update norm {norm:.3g} exceeds the bound {max_norm:.3g}"
     return update, ""
+
+
+def _norm(arrays: list[np.ndarray]) -> float:
+    return float(np.sqrt(sum(float(np.sum(a * a)) for a in arrays)))

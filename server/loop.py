@@ -120,13 +120,13 @@ def _secure_train(
     names: dict[int, str],
 ) -> tuple[ArrayRecord | None, list[ReplyVerdict]]:
     """One SecAgg+ round: the server gets the mean update; per site only metrics and status."""
-    from server.secure_agg import secure_train_round, senders_of
+    from server.secure_agg import secure_train_round
 
     assert context is not None  # checked by run_rounds
     result = secure_train_round(grid, context, rnd, arrays, planned, cfg)
     _learn_names(result.replies, names)
     verdicts = validate_replies(result.replies, reference=None, max_update_norm=cfg.max_update_norm,
-                                senders=senders_of(result.sent, names))
+                                senders=_senders(result.sent, names))
     if result.arrays is None:
         logger.warning("round %d: %s; the global model is unchanged", rnd, result.reason)
     return result.arrays, verdicts
@@ -148,9 +148,12 @@ def _exchange(
     sent = list(messages)
     replies = list(grid.send_and_receive(sent, timeout=timeout))
     _learn_names(replies, names)
-    senders = {m.metadata.message_id: names.get(m.metadata.dst_node_id) or f"node-{m.metadata.dst_node_id}"
-               for m in sent}
-    return replies, senders
+    return replies, _senders(sent, names)
+
+
+def _senders(sent: Iterable[Message], names: Mapping[int, str]) -> dict[str, str]:
+    """Sent message id -> the site it went to (its name when known, else node-<id>)."""
+    return {m.metadata.message_id: names.get(m.metadata.dst_node_id) or f"node-{m.metadata.dst_node_id}" for m in sent}
 
 
 def wait_for_sites(grid: Grid, minimum: int, *, timeout_s: float, poll_s: float = 1.0) -> None:

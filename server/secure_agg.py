@@ -19,7 +19,7 @@ setup or key sharing fails the round, which then leaves the global model unchang
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +28,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.serverapp import Grid
 
 from common.config import RunConfig
-from common.weights import update_norm
+from server.validation import check_weights, site_of
 
 logger = logging.getLogger(__name__)
 
@@ -129,19 +129,12 @@ def secure_train_round(
         if not ok:
             return SecAggRound(None, capture.replies, capture.sent, f"SecAgg+ {name} failed (a site dropped out early, "
                                                                     "or no site contributed)")
-    if not any(_contributed(r) for r in capture.replies):
+    if not any(site_of(r)[1] == "ok" for r in capture.replies):
         return SecAggRound(None, capture.replies, capture.sent, "no site contributed an update")
     mean_update = [a.numpy() for a in lctx.state.array_records["parameters"].values()]
     add_client_dp_noise(mean_update, cfg)
     new, reason = apply_update(arrays, mean_update, cfg.max_update_norm)
     return SecAggRound(new, capture.replies, capture.sent, reason)
-
-
-def _contributed(reply: Message) -> bool:
-    if reply.has_error():
-        return False
-    site = reply.content.config_records.get("site")
-    return site is None or str(site.get("status", "ok")) == "ok"
 
 
 def add_client_dp_noise(mean_update: list[np.ndarray], cfg: RunConfig) -> None:
@@ -157,21 +150,23 @@ def add_client_dp_noise(mean_update: list[np.ndarray], cfg: RunConfig) -> None:
 
 
 def apply_update(arrays: ArrayRecord, mean_update: list[np.ndarray], max_update_norm: float) -> tuple[ArrayRecord | None, str]:
-    """Global weights + the aggregated update, if it is usable; else (None, why)."""
+    """Global weights + the aggregated update, if that is usable (:func:`server.validation.check_weights`)."""
     if len(mean_update) != len(arrays):
         return None, f"aggregate has {len(mean_update)} arrays, the model {len(arrays)}"
     reference = {k: arrays[k].numpy() for k in arrays.keys()}
-    new: dict[str, np.ndarray] = {}
-    for (key, ref), upd in zip(reference.items(), mean_update, strict=True):
-        if upd.shape != ref.shape:
-            return None, f"aggregate array {key} has shape {upd.shape}, expected {ref.shape}"
-        if not np.all(np.isfinite(upd)):
-            return None, "aggregate holds non-finite values"
-        new[key] = (ref.astype(np.float64) + upd).astype(ref.dtype) if np.issubdtype(ref.dtype, np.floating) else ref
-    norm = update_norm(new, reference)
-    if not np.isfinite(norm) or norm > max_update_norm:
-        return None, f"aggregate update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}"
+    new = {key: _added(ref, upd) for (key, ref), upd in zip(reference.items(), mean_update, strict=True)}
+    problem = check_weights(new, reference, max_update_norm)
+    if problem:
+        return None, f"aggregate: {problem}"
     return ArrayRecord({k: Array(v) for k, v in new.items()}), ""
+
+
+def _added(ref: np.ndarray, update: np.ndarray) -> np.ndarray:
+    if update.shape != ref.shape:
+        return update  # check_weights names the mismatch
+    if not np.issubdtype(ref.dtype, np.floating):
+        return ref
+    return (ref.astype(np.float64) + update).astype(ref.dtype)
 
 
 def guarantee(cfg: RunConfig) -> dict[str, Any]:
@@ -196,8 +191,3 @@ def guarantee(cfg: RunConfig) -> dict[str, Any]:
         "dropouts": "tolerated after key sharing; a site lost during setup or key sharing fails the round "
                     "(the global model stays unchanged for that round)",
     }
-
-
-def senders_of(sent: Iterable[Message], names: Mapping[int, str]) -> dict[str, str]:
-    """Sent message id -> site name (or node-<id>) for :func:`server.validation.validate_replies`."""
-    return {m.metadata.message_id: names.get(m.metadata.dst_node_id) or f"node-{m.metadata.dst_node_id}" for m in sent}

@@ -95,14 +95,20 @@ def check_arrays(msg: Message, reference: Mapping[str, np.ndarray], max_update_n
     record = next(iter(msg.content.array_records.values()))
     if set(record.keys()) != set(reference):
         return "arrays do not match the model's parameter names"
-    new: dict[str, np.ndarray] = {}
+    return check_weights({key: record[key].numpy() for key in reference}, reference, max_update_norm)
+
+
+def check_weights(new: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], max_update_norm: float) -> str:
+    """Return "" if ``new`` (same names as ``reference``) is usable as the next global model, else why not.
+
+    Shapes as the reference's, finite values, and an update norm ``||new - reference||`` within the bound.
+    """
     for key, ref in reference.items():
-        arr = record[key].numpy()
+        arr = new[key]
         if arr.shape != ref.shape:
             return f"array {key} has shape {arr.shape}, expected {ref.shape}"
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             return f"array {key} holds non-finite values"
-        new[key] = arr
     norm = update_norm(new, reference)
     if not np.isfinite(norm) or norm > max_update_norm:
         return f"update norm {norm:.3g} exceeds the bound {max_update_norm:.3g}"
