@@ -22,7 +22,13 @@ from common.models import build_model
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from server.history import RoundRecord
 from server.loop import EvaluateFn, LoopState, RoundHook, run_rounds
-from server.strategy import build_strategy, restore_strategy_state, strategy_state
+from server.strategy import (
+    build_strategy,
+    restore_strategy_arrays,
+    restore_strategy_state,
+    strategy_arrays,
+    strategy_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +80,12 @@ def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
         logger.info("resuming after round %d from checkpoint", previous.round)
         state = LoopState(arrays=previous.arrays, history=previous.history, start_round=previous.round + 1)
         restore_strategy_state(strategy, dict(previous.meta.get("strategy-state", {})))
+        restore_strategy_arrays(strategy, previous.strategy_arrays)
 
     def on_round_end(record: RoundRecord, arrays: ArrayRecord) -> None:
         if ckpt_dir is not None:
             meta["strategy-state"] = strategy_state(strategy)
-            save_checkpoint(ckpt_dir, Checkpoint(record.round, arrays, state.history, meta))
+            save_checkpoint(ckpt_dir, Checkpoint(record.round, arrays, state.history, meta, strategy_arrays(strategy)))
         if setup.on_round_end is not None:
             setup.on_round_end(record, arrays)
 

@@ -6,8 +6,10 @@ Flower's DP wrappers (:mod:`server.client_dp`).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
 from flwr.serverapp.strategy import (
     FedAdam,
     FedAvg,
@@ -17,6 +19,7 @@ from flwr.serverapp.strategy import (
     Krum,
     Strategy,
 )
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from common.config import RunConfig
 from server.client_dp import EQUAL_WEIGHT_KEY, wrap
@@ -70,11 +73,42 @@ def restore_strategy_state(strategy: Strategy, state: dict[str, float]) -> None:
         adaptive.clipping_norm = float(state["adaptive-clipping-norm"])
 
 
+MOMENTS = ("m_t", "v_t")  # FedOpt's (FedAdam's) first and second server-optimizer moments
+
+
+def strategy_arrays(strategy: Strategy) -> dict[str, np.ndarray]:
+    """A strategy's model-sized state that a resumed run must start from (checkpointed next to the weights).
+
+    Today: FedAdam's moments. Without them a restarted FedAdam run would start its server
+    optimizer from zero moments and take a different path than the run it continues.
+    Keys are ``<moment>.<weight name>``.
+    """
+    opt = _find(strategy, lambda s: isinstance(s, FedOpt))
+    if opt is None:
+        return {}
+    return {f"{moment}.{k}": np.asarray(v) for moment in MOMENTS for k, v in (getattr(opt, moment) or {}).items()}
+
+
+def restore_strategy_arrays(strategy: Strategy, arrays: Mapping[str, np.ndarray]) -> None:
+    """Put back what :func:`strategy_arrays` saved; nothing happens for a strategy without such state."""
+    opt = _find(strategy, lambda s: isinstance(s, FedOpt))
+    if opt is None:
+        return
+    for moment in MOMENTS:
+        saved = {k.split(".", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.split(".", 1)[0] == moment}
+        setattr(opt, moment, saved or None)
+
+
 def _adaptive_clipping(strategy: object) -> Any:
     """Flower's adaptive-clipping DP wrapper inside our guards (:mod:`server.client_dp`), if any."""
+    return _find(strategy, lambda s: "AdaptiveClipping" in type(s).__name__ and hasattr(s, "clipping_norm"))
+
+
+def _find(strategy: object, wanted: Callable[[object], bool]) -> Any:
+    """The first strategy in the wrapper chain (our guards, Flower's DP wrappers) for which ``wanted`` holds."""
     seen = 0
     while strategy is not None and seen < 8:
-        if "AdaptiveClipping" in type(strategy).__name__ and hasattr(strategy, "clipping_norm"):
+        if wanted(strategy):
             return strategy
         strategy = getattr(strategy, "dp", None) or getattr(strategy, "inner", None)
         seen += 1

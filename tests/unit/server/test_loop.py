@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,3 +194,51 @@ def test_a_resumed_run_starts_at_its_next_round():
     # Assert
     assert [r.round for r in state.history.rounds] == [3]
     assert len(grid.sent) == 1
+
+
+def _app_run(grid: FakeGrid, cfg: RunConfig, ckpt: Path) -> LoopState:
+    """The ServerApp's own run (checkpoint, resume) against the fake grid."""
+    from types import SimpleNamespace
+
+    from common.catalog import Catalog, ImplantClass
+    from server import app as server_app
+
+    catalog = Catalog("hips", "1", tuple(ImplantClass(f"c{i}", "M", f"C{i}") for i in range(3)))
+    setup = server_app.RunSetup(config=cfg, catalog=catalog, checkpoint_dir=ckpt)
+    return server_app.run(grid, SimpleNamespace(run_config={}), setup)
+
+
+def _ramp(site: str) -> Behaviour:
+    """A site whose update grows every round, so the server optimizer's moments matter."""
+    def reply(msg: Message) -> RecordDict:
+        rnd = int(msg.content.config_records["config"]["server-round"])
+        return _content({k: v + STEP * rnd for k, v in _received(msg).items()}, site=site)
+    return reply
+
+
+def test_a_resumed_fedadam_run_continues_from_its_checkpointed_moments(tmp_path, monkeypatch):
+    # Prepare: the same 3-round FedAdam run, once straight through, once stopped after round 2
+    cfg = CFG.replace(strategy="fedadam", server_learning_rate=0.05, max_update_norm=1e4, model="cnn")
+    straight = _app_run(FakeGrid({1: _ramp("a"), 2: _ramp("b")}), cfg.replace(num_server_rounds=3), tmp_path / "s")
+    _app_run(FakeGrid({1: _ramp("a"), 2: _ramp("b")}), cfg.replace(num_server_rounds=2), tmp_path / "r")
+    (tmp_path / "r2").mkdir()
+    for f in (tmp_path / "r").iterdir():
+        (tmp_path / "r2" / f.name).write_bytes(f.read_bytes())
+    # Execute: the restarted server resumes round 3 from the checkpoint (with and without the moments)
+    resumed = _app_run(FakeGrid({1: _ramp("a"), 2: _ramp("b")}), cfg.replace(num_server_rounds=3), tmp_path / "r")
+    monkeypatch.setattr("server.app.restore_strategy_arrays", lambda *_args: None)  # the resume before this fix
+    forgetful = _app_run(FakeGrid({1: _ramp("a"), 2: _ramp("b")}), cfg.replace(num_server_rounds=3), tmp_path / "r2")
+    # Assert: only the run that got its moments back ends where the uninterrupted run ends
+    assert (tmp_path / "r" / "strategy.npz").exists()
+    assert [r.round for r in resumed.history.rounds] == [1, 2, 3]
+    for key in straight.arrays.keys():
+        np.testing.assert_allclose(resumed.arrays[key].numpy(), straight.arrays[key].numpy(), rtol=0, atol=1e-7)
+    assert any(not np.allclose(forgetful.arrays[k].numpy(), straight.arrays[k].numpy(), rtol=0, atol=1e-5)
+               for k in straight.arrays.keys())
+
+
+def test_only_fedadam_keeps_model_sized_strategy_state():
+    from server.strategy import strategy_arrays
+
+    assert strategy_arrays(build_strategy(CFG)) == {}
+    assert strategy_arrays(build_strategy(CFG.replace(strategy="fedadam"))) == {}  # nothing learned yet
