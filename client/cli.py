@@ -21,7 +21,7 @@ from typing import Any
 from common.errors import ImplantFLError
 
 EXIT_CONFIG = 2
-MOUNTED_MODULES = ("client.daemon", "client.predict_cli")
+MOUNTED_MODULES = ("client.daemon_cli", "client.predict_cli")
 
 
 # ---------------------------------------------------------------------------- shared inputs

@@ -1,0 +1,85 @@
+"""Site daemon commands: ``implantfl-client keys`` and ``implantfl-client start``.
+
+``start`` validates the whole site configuration first (:func:`client.daemon.prepare`)
+and exits 2 with a clear message before any connection is attempted; then it replaces
+itself with ``flower-supernode`` so that a service manager (systemd) supervises the
+SuperNode directly. Command handlers print to the terminal; the library code they call
+logs.
+
+Mounted in ``client.cli`` with :func:`add_parsers`; ``python -m client.daemon_cli`` works too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from client.daemon import prepare
+from common.errors import ConfigError, ImplantFLError
+
+
+def add_parsers(subparsers: Any) -> None:
+    """Register ``keys`` and ``start`` on an argparse subparsers object (handler in ``func``)."""
+    p = subparsers.add_parser("keys", help="create this site's authentication key pair")
+    p.add_argument("--out", type=Path, required=True, help="folder for <name>.key (0600) and <name>.pub")
+    p.add_argument("--name", default="site", help="file name stem (default: site)")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.set_defaults(func=cmd_keys)
+
+    p = subparsers.add_parser("start", help="validate site.toml, then run this site's SuperNode")
+    p.add_argument("--config", type=Path, required=True, help="site.toml")
+    p.add_argument("--insecure", action="store_true", help="no TLS, no node authentication (local trials only)")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the SuperNode command, do not start it")
+    p.set_defaults(func=cmd_start)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``keys``: write the key pair and say what to do with each half."""
+    from client.keys import create_site_keys
+
+    try:
+        keys = create_site_keys(args.out, name=args.name, overwrite=args.force, comment=args.name)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"private key: {keys.private_key}  (mode 0600; stays here: [auth] private-key in site.toml)")
+    print(f"public key:  {keys.public_key}  (send to the consortium operator: implantfl-server register)")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    """``start``: validate, then exec flower-supernode (or print it with --dry-run)."""
+    try:
+        cmd, env = prepare(args.config, insecure=args.insecure)
+    except ConfigError as e:
+        print(f"error: site configuration: {e}", file=sys.stderr)
+        return 2
+    except ImplantFLError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        print(json.dumps({"command": cmd, "flwr_home": env["FLWR_HOME"]}))
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
+    return 1  # not reached
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (``python -m client.daemon_cli keys|start ...``)."""
+    parser = argparse.ArgumentParser(prog="implantfl-client", description="ImplantFL site daemon")
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
