@@ -19,7 +19,6 @@ salted token only; the file names in the answers are the ones the user typed.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -42,47 +41,15 @@ from client.qc import (
 )
 from client.site_data import process_file
 from client.transforms import CropROI, Sample, build_eval_pipeline
-from common.calibration import Calibration, load_calibration
-from common.catalog import Catalog
 from common.errors import InvalidInputError
-from common.models import build_model
-from common.preprocess_params import PreprocessParams
 from common.redact import file_token
+from common.release_files import Release, load_release
 
 logger = logging.getLogger(__name__)
 
 COLOUR_PICTURE = "colour-picture"  # predict-only check: a colour photograph or drawing
 OOD_REASONS = (NO_IMPLANT, FOREIGN_OBJECT, BLANK, COLOUR_PICTURE)  # reported as ``unknown``, not errors
 LOW_CONFIDENCE = "low-confidence"
-
-
-@dataclass(frozen=True)
-class ModelRelease:
-    """The parts of a release directory ``predict`` needs (written by ``server.release``)."""
-
-    model: torch.nn.Module
-    catalog: Catalog
-    preprocess: PreprocessParams
-    calibration: Calibration
-    info: dict[str, Any]
-
-
-def open_release(path: Path) -> ModelRelease:
-    """Load a release directory (model.json, model.pt, catalog.json, preprocess.json, calibration.json)."""
-    path = Path(path)
-    try:
-        info = json.loads((path / "model.json").read_text())
-        catalog = Catalog.load(path / "catalog.json")
-        params = PreprocessParams.from_dict(json.loads((path / "preprocess.json").read_text()))
-        model = build_model(info["model"], num_classes=len(catalog), image_size=int(info["image_size"]))
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True), strict=True)
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise InvalidInputError(f"the model release cannot be loaded ({type(e).__name__})") from e
-    if info.get("catalog_fingerprint") != catalog.fingerprint():
-        raise InvalidInputError("the release's catalog does not match the catalog its model was trained on")
-    if params.image_size != int(info["image_size"]):
-        raise InvalidInputError("the release's preprocessing image size differs from the model's input size")
-    return ModelRelease(model.eval(), catalog, params, load_calibration(path), info)
 
 
 @dataclass
@@ -122,8 +89,8 @@ class Prepared:
 class Predictor:
     """A loaded release ready to answer files one by one (CPU by default)."""
 
-    def __init__(self, release: ModelRelease | Path, *, device: str | torch.device = "cpu") -> None:
-        self.release = release if isinstance(release, ModelRelease) else open_release(Path(release))
+    def __init__(self, release: Release | Path, *, device: str | torch.device = "cpu") -> None:
+        self.release = release if isinstance(release, Release) else load_release(Path(release))
         self.device = torch.device(device)
         self.model = self.release.model.to(self.device).eval()
         self.params = self.release.preprocess
@@ -267,7 +234,7 @@ def cam_names(files: Iterable[Path], cam_dir: Path) -> list[Path]:
 
 def predict_files(
     files: list[Path],
-    release: Path | ModelRelease,
+    release: Path | Release,
     *,
     top_k: int = 3,
     cam_dir: Path | None = None,

@@ -79,12 +79,12 @@ def format_answer(a: Any) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from client.predict import open_release
     from client.site_data import load_site
     from common.calibration import MIN_IMAGES, fit_calibration, predict_logits, save_calibration
     from common.metrics import expected_calibration_error
+    from common.release_files import load_release
 
-    release = open_release(args.model)
+    release = load_release(args.model)
     labels = cache = None
     if args.config is not None:
         from client.site_config import SiteConfig

@@ -11,7 +11,8 @@ Directory layout::
       model.onnx        optional ONNX export, checked against PyTorch (server.export)
       model_card.md     intended use and limits, data, metrics, privacy spent
 
-The server writes releases from weights and JSON only: it never touches images.
+The server writes releases from weights and JSON only: it never touches images. Reading
+a release is :mod:`common.release_files` (shared with the site's ``predict``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,21 +28,14 @@ import torch
 from flwr.app import ArrayRecord
 
 import common
-from common.calibration import Calibration, load_calibration, save_calibration
+from common.calibration import Calibration, save_calibration
 from common.catalog import Catalog
 from common.config import RunConfig
-from common.errors import InvalidInputError
 from common.models import build_model
 from common.preprocess_params import PreprocessParams
+from common.release_files import Release, load_release
 
-
-@dataclass(frozen=True)
-class Release:
-    model: torch.nn.Module
-    catalog: Catalog
-    preprocess: PreprocessParams
-    info: dict[str, Any]
-    calibration: Calibration = field(default_factory=Calibration)
+__all__ = ["Release", "load_release", "model_card", "write_release"]
 
 
 def write_release(
@@ -90,21 +83,6 @@ def write_release(
     (out / "preprocess.json").write_text(json.dumps(preprocess.to_dict(), indent=2) + "\n")
     (out / "model_card.md").write_text(model_card(info, catalog, summary or {}, calibration=cal))
     return out
-
-
-def load_release(path: Path) -> Release:
-    """Load a release directory into a ready-to-use (eval mode) model."""
-    try:
-        info = json.loads((path / "model.json").read_text())
-        catalog = Catalog.load(path / "catalog.json")
-        preprocess = PreprocessParams.from_dict(json.loads((path / "preprocess.json").read_text()))
-        model = build_model(info["model"], num_classes=len(catalog), image_size=int(info["image_size"]))
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True), strict=True)
-    except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise InvalidInputError(f"release cannot be loaded: {type(e).__name__}") from e
-    if info.get("catalog_fingerprint") != catalog.fingerprint():
-        raise InvalidInputError("release catalog does not match the catalog the model was trained on")
-    return Release(model.eval(), catalog, preprocess, info, load_calibration(path))
 
 
 # ------------------------------------------------------------------------ model card

@@ -23,7 +23,6 @@ from client.predict import (
     LOW_CONFIDENCE,
     Predictor,
     cam_names,
-    open_release,
     predict_files,
 )
 from client.predict_cli import add_parsers
@@ -292,16 +291,6 @@ def test_overlay_names_are_unique_per_batch(tmp_path):
 
 
 # ---------------------------------------------------------------------- release + calibrate
-def test_client_loader_reads_the_server_release_identically(release):
-    from server.release import load_release
-
-    x = torch.rand(2, 1, SIZE, SIZE)
-    ours, theirs = open_release(release), load_release(release)
-    with torch.no_grad():
-        assert torch.equal(ours.model(x), theirs.model(x))
-    assert ours.calibration == theirs.calibration and ours.preprocess == theirs.preprocess
-
-
 def test_calibrate_writes_the_sites_calibration_into_the_release(release, fed, tmp_path, capsys):
     # Prepare
     import shutil

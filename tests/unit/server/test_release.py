@@ -206,3 +206,33 @@ def test_release_without_the_onnx_package_says_so(tmp_path, monkeypatch):
                         preprocess=PreprocessParams(image_size=SIZE))
     assert not (out / "model.onnx").exists()
     assert "no ONNX export (onnx is not installed)" in (out / "model_card.md").read_text()
+
+
+def _broken_copy(release: Path, tmp_path: Path, breakage: str) -> Path:
+    import shutil
+
+    copy = Path(shutil.copytree(release, tmp_path / "broken"))
+    if breakage == "weights":
+        (copy / "model.pt").write_bytes(b"not a state dict")
+    elif breakage == "catalog":
+        Catalog("hips", "4", CATALOG.classes).save(copy / "catalog.json")
+    elif breakage == "preprocess":
+        (copy / "preprocess.json").write_text(json.dumps(PreprocessParams(image_size=2 * SIZE).to_dict()))
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("breakage", "reason"),
+    [("weights", "cannot be loaded"), ("catalog", "catalog does not match"),
+     ("preprocess", "image size differs")],
+)
+def test_a_broken_release_is_refused_with_a_reason_that_names_no_path(release, tmp_path, breakage, reason):
+    from common.errors import InvalidInputError
+
+    # Prepare
+    copy = _broken_copy(release, tmp_path, breakage)
+    # Execute
+    with pytest.raises(InvalidInputError, match=reason) as err:
+        load_release(copy)
+    # Assert: the reason travels without the folder's name
+    assert str(tmp_path) not in str(err.value) and "broken" not in str(err.value)
