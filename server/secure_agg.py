@@ -12,8 +12,9 @@ What the server still sees in plain text: each site's metrics and status (exampl
 loss, epsilon, refusals), which sites dropped out, and the evaluation replies. Because no
 single update is visible, the per-site checks of :mod:`server.validation` cannot run;
 sites check their own update (finite, norm bound) before masking, and the server checks
-the aggregate. Dropouts are tolerated once keys are shared (stage 3); a site lost during
-setup or key sharing fails the round, which then leaves the global model unchanged.
+the aggregate. A site lost during setup or key sharing (which Flower's protocol does not
+tolerate) is dropped and the key agreement restarted without it, before anyone trains;
+after that, dropouts are tolerated down to the reconstruction threshold.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from server.validation import check_weights, site_of
 logger = logging.getLogger(__name__)
 
 SECAGG_RECORD = "secaggplus_configs"  # flwr.common.secure_aggregation.secaggplus_constants.RECORD_KEY_CONFIGS
+KEY_AGREEMENT_ATTEMPTS = 3  # setup + key sharing, restarted without the sites lost on the way
 
 
 @dataclass
@@ -95,9 +97,6 @@ def secure_train_round(
     grid: Grid, context: Context, rnd: int, arrays: ArrayRecord, messages: Iterable[Message], cfg: RunConfig
 ) -> SecAggRound:
     """Run SecAgg+ over the sites the strategy sampled (``messages``: its train messages)."""
-    from flwr.server import LegacyContext
-    from flwr.server.compat.grid_client_proxy import GridClientProxy
-    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 
     planned = list(messages)
     if len(planned) < 2:
@@ -106,19 +105,16 @@ def secure_train_round(
         return SecAggRound(None, reason="too many sites for secagg-quantization-range; lower it")
     wf = workflow(cfg)
     capture = _CapturingGrid(grid)
-    node_ids = [m.metadata.dst_node_id for m in planned]
-    lctx = LegacyContext(context, strategy=_StageStrategy([GridClientProxy(n, grid, context.run_id) for n in node_ids]))
-    lctx.state = RecordDict()  # a scratch state: the ServerApp's own context is not touched
-    lctx.state.config_records["config"] = ConfigRecord({"current_round": rnd})
-    lctx.state.array_records["parameters"] = ArrayRecord()
-    st = WorkflowState()
-    if not wf.setup_stage(capture, lctx, st):
-        return SecAggRound(None, reason="SecAgg+ setup failed (too few sites answered)")
+    agreed = _agree_keys(wf, capture, context, rnd, [m.metadata.dst_node_id for m in planned])
+    if agreed is None:
+        return SecAggRound(None, reason="SecAgg+ key agreement failed (fewer than 2 sites, or too few for the "
+                                        "reconstruction threshold, kept answering)")
+    lctx, st = agreed
     # One RecordDict per site: the collect stage writes each site's ciphertexts into its own.
     st.nid_to_fitins = {m.metadata.dst_node_id: RecordDict({
-        "arrays": arrays, "config": ConfigRecord(dict(m.content.config_records["config"]))}) for m in planned}
-    stages = (("key sharing", wf.share_keys_stage), ("masked-vector collection", wf.collect_masked_vectors_stage),
-              ("unmasking", wf.unmask_stage))
+        "arrays": arrays, "config": ConfigRecord(dict(m.content.config_records["config"]))})
+        for m in planned if m.metadata.dst_node_id in st.active_node_ids}
+    stages = (("masked-vector collection", wf.collect_masked_vectors_stage), ("unmasking", wf.unmask_stage))
     for name, stage in stages:
         try:
             with np.errstate(divide="ignore", invalid="ignore"):  # a round nobody contributed to: checked below
@@ -127,14 +123,50 @@ def secure_train_round(
             logger.warning("round %d: SecAgg+ %s failed: %s", rnd, name, type(e).__name__)
             ok = False
         if not ok:
-            return SecAggRound(None, capture.replies, capture.sent, f"SecAgg+ {name} failed (a site dropped out early, "
-                                                                    "or no site contributed)")
+            return SecAggRound(None, capture.replies, capture.sent, f"SecAgg+ {name} failed (too few sites left "
+                                                                    "for the reconstruction threshold, or no site "
+                                                                    "contributed)")
     if not any(site_of(r)[1] == "ok" for r in capture.replies):
         return SecAggRound(None, capture.replies, capture.sent, "no site contributed an update")
     mean_update = [a.numpy() for a in lctx.state.array_records["parameters"].values()]
     add_client_dp_noise(mean_update, cfg)
     new, reason = apply_update(arrays, mean_update, cfg.max_update_norm)
     return SecAggRound(new, capture.replies, capture.sent, reason)
+
+
+def _agree_keys(wf: Any, grid: Grid, context: Context, rnd: int, node_ids: list[int]) -> tuple[Any, Any] | None:
+    """SecAgg+ setup and key sharing among ``node_ids``, restarted without the sites lost on the way.
+
+    Flower's protocol keeps a site lost in these two stages on its list of sampled sites,
+    and unmasking then fails for everyone. Nothing has been trained yet at this point, so
+    restarting the key agreement with the sites that answered costs no privacy and only
+    two short exchanges. Returns the legacy context and workflow state ready for the
+    masked-vector stage, or None when fewer than 2 sites (or too few for the threshold) remain.
+    """
+    from flwr.server import LegacyContext
+    from flwr.server.compat.grid_client_proxy import GridClientProxy
+    from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
+
+    nodes = list(node_ids)
+    for _ in range(KEY_AGREEMENT_ATTEMPTS):
+        if len(nodes) < 2:
+            return None
+        proxies = [GridClientProxy(n, grid, context.run_id) for n in nodes]
+        lctx = LegacyContext(context, strategy=_StageStrategy(proxies))
+        lctx.state = RecordDict()  # a scratch state: the ServerApp's own context is not touched
+        lctx.state.config_records["config"] = ConfigRecord({"current_round": rnd})
+        lctx.state.array_records["parameters"] = ArrayRecord()
+        st = WorkflowState()
+        ok = wf.setup_stage(grid, lctx, st) and wf.share_keys_stage(grid, lctx, st)
+        if ok and st.active_node_ids == set(nodes):
+            return lctx, st
+        answered = [n for n in nodes if n in st.active_node_ids]
+        if answered == nodes:  # everyone answered but the threshold check failed: a retry cannot help
+            return None
+        logger.warning("round %d: %d of %d sites lost during SecAgg+ key agreement; restarting it without them",
+                       rnd, len(nodes) - len(answered), len(nodes))
+        nodes = answered
+    return None
 
 
 def add_client_dp_noise(mean_update: list[np.ndarray], cfg: RunConfig) -> None:
@@ -188,6 +220,7 @@ def guarantee(cfg: RunConfig) -> dict[str, Any]:
                         "the mean). With 2 sites each can infer the other's update.",
         "implementation": "prototype-grade cryptography in flwr 1.41: masks from numpy RandomState seeded with "
                           "32 bits; sites trust the server's list of dropped sites",
-        "dropouts": "tolerated after key sharing; a site lost during setup or key sharing fails the round "
-                    "(the global model stays unchanged for that round)",
+        "dropouts": "a site lost during setup or key sharing is dropped and the key agreement restarted "
+                    "without it (before any training); later dropouts are tolerated down to the reconstruction "
+                    "threshold, below which the round leaves the global model unchanged",
     }

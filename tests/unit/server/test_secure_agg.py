@@ -1,6 +1,7 @@
 """SecAgg+ pieces that need no Flower run: the site's masked input and the server's use of the aggregate.
 
-The protocol itself runs end to end in tests/integration/test_secure_agg_e2e.py.
+The whole protocol runs here in process (sites as secure_agg_mod over copied messages), and
+end to end through Flower in tests/integration/test_secure_agg_e2e.py.
 """
 
 from __future__ import annotations
@@ -134,3 +135,91 @@ def test_secure_aggregation_takes_client_dp_clipped_at_the_sites_only():
     for mode in ("fixed-server", "adaptive-server", "adaptive-client"):
         with pytest.raises(ConfigError, match="fixed-client only"):
             RunConfig.from_flower({"secure-aggregation": True, "client-dp": mode, "client-dp-noise": 0.01})
+
+
+# ------------------------------------------------- the whole protocol, in process, with dropouts
+class ProtocolGrid:
+    """Delivers each message to a site running ``secure_agg_mod`` in process, as a copy (as the wire would).
+
+    Site ``n`` moves every weight by ``steps[n]`` and has ``10 * n`` training examples;
+    ``lost[n]`` names the SecAgg+ stage whose message site ``n`` never answers.
+    """
+
+    def __init__(self, steps: dict[int, float], lost: dict[int, str] | None = None) -> None:
+        from flwr.app import Context
+
+        self.steps, self.lost = steps, lost or {}
+        self.contexts = {n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
+                         for n in steps}
+        self.trained: list[int] = []
+        self.setups = 0
+        self._count = 0
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.steps)
+
+    def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
+        import copy
+
+        replies = []
+        for msg in messages:
+            self._count += 1
+            msg.metadata.__dict__["_message_id"] = f"m{self._count}"  # as Flower's grids do when pushing
+            node = msg.metadata.dst_node_id
+            stage = msg.content.config_records["secaggplus_configs"]["stage"]
+            self.setups += stage == "setup"
+            if self.lost.get(node) == stage:
+                continue
+            replies.append(copy.deepcopy(secure_agg_mod(copy.deepcopy(msg), self.contexts[node], self._train(node))))
+        return replies
+
+    def _train(self, node: int):
+        def train(msg: Message, _context) -> Message:
+            self.trained.append(node)
+            return _reply(msg, {k: v + self.steps[node] for k, v in SENT.items()}, n=10 * node)
+        return train
+
+
+def _secure_round(grid: ProtocolGrid, cfg: RunConfig):
+    from flwr.app import Context
+
+    planned = [Message(RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in SENT.items()}),
+                                   "config": ConfigRecord({**cfg.to_flower(), "server-round": 1})}),
+                       dst_node_id=n, message_type="train") for n in grid.steps]
+    server = Context(run_id=1, node_id=0, node_config={}, state=RecordDict(), run_config={})
+    return secure_train_round(grid, server, 1, ArrayRecord({k: Array(v) for k, v in SENT.items()}), planned, cfg)
+
+
+SECURE = RunConfig(secure_aggregation=True, min_fit_sites=2, min_available_sites=2)
+
+
+def test_the_protocol_in_process_gives_the_example_weighted_mean_update():
+    # Prepare
+    grid = ProtocolGrid({1: 0.1, 2: 0.2, 3: 0.3})
+    # Execute
+    result = _secure_round(grid, SECURE)
+    # Assert: (10 x 0.1 + 20 x 0.2 + 30 x 0.3) / 60, within the quantisation step; one key agreement
+    np.testing.assert_allclose(result.arrays["b"].numpy(), 14 / 60, atol=1e-3)
+    assert sorted(grid.trained) == [1, 2, 3] and grid.setups == 3
+
+
+@pytest.mark.parametrize("stage", ["setup", "share_keys", "collect_masked_vectors"])
+def test_a_site_lost_at_any_stage_before_unmasking_leaves_the_others_mean(stage):
+    # Prepare: site 3 goes away at one stage (Flower's protocol alone fails the round when that is setup
+    # or key sharing: unmasking then misses the lost site's shares)
+    grid = ProtocolGrid({1: 0.1, 2: 0.2, 3: 0.3}, lost={3: stage})
+    # Execute
+    result = _secure_round(grid, SECURE)
+    # Assert: the mean of the two sites left; the lost site never trained, so it spent no privacy
+    assert result.arrays is not None, result.reason
+    np.testing.assert_allclose(result.arrays["b"].numpy(), (1 + 4) / 30, atol=1e-3)
+    assert 3 not in grid.trained and sorted(grid.trained) == [1, 2]
+
+
+def test_when_too_few_sites_are_left_to_agree_on_keys_the_round_says_so():
+    # Prepare: two of three sites are lost in setup
+    grid = ProtocolGrid({1: 0.1, 2: 0.2, 3: 0.3}, lost={2: "setup", 3: "setup"})
+    # Execute
+    result = _secure_round(grid, SECURE)
+    # Assert: no update, nobody trained, and the reason names the key agreement
+    assert result.arrays is None and "key agreement failed" in result.reason and grid.trained == []
