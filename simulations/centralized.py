@@ -2,6 +2,10 @@
 
 This is the upper bound the federation is compared with; it is trained without DP and
 for the same number of passes over the data as the federation (rounds x local epochs).
+With ``dp=True`` (``implantfl-sim centralized --dp``) the pooled data are trained with
+DP-SGD as if they were one site, with the noise planned for the run's ``target-epsilon``
+(or its ``noise-multiplier``): the private pooled figure, which separates what DP costs
+from what federation costs.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from client.task import grad_sample_mode
 from client.train import TrainSettings, evaluate, train_local
 from common.config import RunConfig
 from common.metrics import classification_summary
 from common.models import build_model
+from common.privacy_plan import epsilon_for, plan
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class BaselineResult:
     accuracy_per_epoch: list[float]
     wall_s: float
     train_examples: int
+    privacy: dict | None = None  # with dp: epsilon, delta, noise_multiplier, sample_rate, steps, accountant
 
 
 def train_centralized(
@@ -36,26 +43,43 @@ def train_centralized(
     device: torch.device,
     epochs: int | None = None,
     progress: bool = False,
+    dp: bool = False,
 ) -> BaselineResult:
-    """Pool ``train`` splits, train without DP, evaluate on ``test`` after every epoch."""
+    """Pool ``train`` splits, train (with DP-SGD if ``dp``), evaluate on ``test`` after every epoch."""
     t0 = time.monotonic()
     x = np.concatenate([t[0] for t in train])
     y = np.concatenate([t[1] for t in train])
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=len(class_ids), image_size=cfg.image_size)
     n_epochs = epochs or cfg.num_server_rounds * cfg.local_epochs
-    history = []
+    noise = _pooled_noise(cfg, n_epochs, len(y)) if dp else 0.0
+    history, steps, sample_rate = [], 0, 0.0
     for epoch in _epochs(n_epochs, progress):
         settings = TrainSettings(
-            epochs=1, batch_size=cfg.batch_size, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate,
-            momentum=cfg.momentum,
-            weight_decay=cfg.weight_decay, dp=False, seed=cfg.seed * 100_003 + epoch,
+            epochs=1, batch_size=min(cfg.batch_size, len(y)), optimizer=cfg.optimizer,
+            learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=dp,
+            noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed * 100_003 + epoch,
+            grad_sample_mode=grad_sample_mode(cfg, proximal_mu=0.0),
         )
-        train_local(model, x, y, settings, device=device)
+        result = train_local(model, x, y, settings, device=device)
+        steps, sample_rate = steps + result.steps, result.sample_rate
         history.append(evaluate(model, *test, device=device).accuracy)
     res = evaluate(model, *test, device=device)
     final = classification_summary(res.labels, res.probs, class_ids)
-    return BaselineResult(final, history, time.monotonic() - t0, int(len(y)))
+    privacy = None
+    if dp:
+        privacy = {"epsilon": epsilon_for(noise, sample_rate, steps=steps, delta=cfg.delta, accountant=cfg.accountant),
+                   "delta": cfg.delta, "noise_multiplier": noise, "sample_rate": sample_rate, "steps": steps,
+                   "accountant": cfg.accountant}
+    return BaselineResult(final, history, time.monotonic() - t0, int(len(y)), privacy)
+
+
+def _pooled_noise(cfg: RunConfig, epochs: int, examples: int) -> float:
+    """The noise multiplier of the pooled DP run: planned for ``target-epsilon`` when set, as a site plans it."""
+    if cfg.target_epsilon <= 0:
+        return cfg.noise_multiplier
+    return plan(rounds=1, epochs=epochs, batch_size=min(cfg.batch_size, examples), examples=examples,
+                target_epsilon=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant).noise_multiplier
 
 
 def _epochs(n: int, progress: bool):  # noqa: ANN202

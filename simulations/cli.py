@@ -93,16 +93,20 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     data, test = runner.load_all(prep, progress=not args.json)
     from common.device import pick_device
 
+    dp = bool(args.dp)  # the pooled baseline is non-private unless --dp asks (a preset's dp is for its sites)
     res = train_centralized([d.train() for d in data.values()], (test.x, test.y), prep.cfg, prep.fed.catalog.ids,
-                            device=pick_device())
-    results = {"config": {**prep.cfg.to_flower(), "preset": args.preset, "mode": "centralized"}, "final": res.final,
-               "accuracy_per_epoch": res.accuracy_per_epoch, "timing": {"wall_s": res.wall_s}}
+                            device=pick_device(), dp=dp)
+    results = {"config": {**prep.cfg.to_flower(), "dp": dp, "preset": args.preset, "mode": "centralized"},
+               "final": res.final, "accuracy_per_epoch": res.accuracy_per_epoch, "timing": {"wall_s": res.wall_s}}
+    if res.privacy is not None:
+        results["privacy"] = {"pooled": res.privacy}
     write_results(prep.out, results)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        private = f", DP-SGD epsilon {res.privacy['epsilon']:.2f}" if res.privacy else ", no DP"
         print(f"centralised accuracy {res.final['accuracy']:.4f} (macro F1 {res.final['macro_f1']:.4f}) "
-              f"on {res.final['examples']} test images; results in {prep.out}")
+              f"on {res.final['examples']} test images{private}; results in {prep.out}")
     return 0
 
 
