@@ -101,13 +101,29 @@ def markdown_compare(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def print_compare(rows: list[dict[str, Any]]) -> None:
+def print_compare(rows: list[dict[str, Any]], console: Any = None) -> None:
+    """The compare table on the terminal: one row per run, or one column per run when that is too wide.
+
+    Fifteen columns do not fit an 80-column terminal; squeezed, rich cuts every cell to
+    one character. Turned around (a row per field, a column per run) the values stay whole.
+    """
     from rich.console import Console
     from rich.table import Table
 
+    console = console or Console()
+    cells = [[_cell(r[c]) for c in COMPARE_COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(COMPARE_COLUMNS)]
+    wide_enough = sum(widths) + 3 * len(widths) + 1 <= console.width
     table = Table(title="Runs side by side")
-    for c in COMPARE_COLUMNS:
-        table.add_column(c)
-    for r in rows:
-        table.add_row(*[_cell(r[c]) for c in COMPARE_COLUMNS])
-    Console().print(table)
+    if wide_enough:
+        for c in COMPARE_COLUMNS:
+            table.add_column(c)
+        for row in cells:
+            table.add_row(*row)
+    else:
+        table.add_column("")
+        for row in cells:
+            table.add_column(row[0], overflow="fold")  # the run's name heads its column
+        for i, c in enumerate(COMPARE_COLUMNS[1:], start=1):
+            table.add_row(c, *[row[i] for row in cells])
+    console.print(table)

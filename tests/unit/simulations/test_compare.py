@@ -64,3 +64,22 @@ def test_markdown_output_has_a_header_and_one_line_per_run(tmp_path, capsys):
     assert len(lines) == 4 and lines[0].startswith("| run | preset |") and lines[1].startswith("|---|")
     assert "| a | hip-consortium |" in lines[2] and "0.2500" in lines[2] and "0.7500" in lines[2]
     assert "| b |" in lines[3] and "fedrs" in lines[3]
+
+
+@pytest.mark.parametrize("width", [80, 250])
+def test_the_terminal_table_keeps_every_value_whole_at_any_width(tmp_path, width):
+    from rich.console import Console
+
+    from simulations.summary import print_compare
+
+    # Prepare
+    a = _run(tmp_path, "fedavg-run", loss="ce", acc=0.4321, baseline=0.8025, eps=[7.5, 7.9422])
+    b = _run(tmp_path, "logit-adjust-run", loss="logit-adjust", acc=0.5, baseline=None, eps=[])
+    console = Console(width=width, record=True, color_system=None)
+    # Execute
+    print_compare(compare_runs([a, b]), console=console)
+    # Assert: nothing cut to an ellipsis; the runs' figures appear in full
+    text = console.export_text()
+    assert "…" not in text
+    for value in ("fedavg-run", "logit-adjust-run", "hip-consortium", "0.4321", "0.8025", "7.9422", "max_epsilon"):
+        assert value in text
