@@ -46,7 +46,7 @@ def print_summary(results: dict[str, Any]) -> None:
         pt = Table(title="Privacy spent per site (cumulative at the site)")
         for col in ("site", "epsilon", "delta", "noise multiplier", "steps", "rounds refused"):
             pt.add_column(col, justify="right" if col != "site" else "left")
-        for site, p in privacy.items():
+        for site, p in sorted(privacy.items()):
             pt.add_row(site, f"{p['epsilon']:.2f}", f"{p['delta']:g}", f"{p['noise_multiplier']:.3f}", str(p["steps"]),
                        str(p["rounds_refused"]))
         console.print(pt)
