@@ -107,7 +107,9 @@ def _plain_train(
     replies, senders = _exchange(grid, planned, cfg.round_timeout_s, names)
     verdicts = validate_replies(replies, reference=record_to_numpy(arrays), max_update_norm=cfg.max_update_norm,
                                 senders=senders)
-    accepted = [v.message for v in verdicts if v.message is not None]
+    # In site order, not arrival order: float sums depend on their order, and a seeded run
+    # must end with the same model however the replies raced.
+    accepted = [v.message for v in sorted(verdicts, key=lambda v: v.site) if v.message is not None]
     if not accepted:
         logger.warning("round %d: no usable update; the global model is unchanged", rnd)
         return None, verdicts

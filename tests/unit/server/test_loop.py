@@ -242,3 +242,32 @@ def test_only_fedadam_keeps_model_sized_strategy_state():
 
     assert strategy_arrays(build_strategy(CFG)) == {}
     assert strategy_arrays(build_strategy(CFG.replace(strategy="fedadam"))) == {}  # nothing learned yet
+
+
+class ShuffledGrid(FakeGrid):
+    """Replies arrive in another order every round (as sites on parallel workers race)."""
+
+    def __init__(self, behaviours: dict[int, Behaviour], order_seed: int) -> None:
+        super().__init__(behaviours)
+        self.rng = np.random.default_rng(order_seed)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = list(super().send_and_receive(messages, timeout=timeout))
+        return [replies[i] for i in self.rng.permutation(len(replies))]
+
+
+def _offset(site: str, value: float, examples: int) -> Behaviour:
+    return lambda msg: _content({k: v + np.float32(value) for k, v in _received(msg).items()}, site=site,
+                                examples=examples)
+
+
+def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in():
+    # Prepare: updates whose float32 weighted sum changes with the order of its terms
+    sites = {1: _offset("a", 1e-3, 7), 2: _offset("b", 0.3, 13), 3: _offset("c", -0.2999, 11), 4: _offset("d", 7e-4, 5)}
+    cfg = CFG.replace(num_server_rounds=3, max_update_norm=1e3)
+    # Execute: the same run with replies arriving in different orders
+    finals = [_run(ShuffledGrid(dict(sites), order_seed=s), cfg).arrays for s in range(4)]
+    # Assert: bit-identical global models
+    for other in finals[1:]:
+        for key in finals[0].keys():
+            np.testing.assert_array_equal(other[key].numpy(), finals[0][key].numpy())
