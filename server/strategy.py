@@ -110,6 +110,7 @@ def _find(strategy: object, wanted: Callable[[object], bool]) -> Any:
     while strategy is not None and seen < 8:
         if wanted(strategy):
             return strategy
-        strategy = getattr(strategy, "dp", None) or getattr(strategy, "inner", None)
+        # our guards keep what they wrap in ``dp`` / ``inner``; Flower's DP wrappers in ``strategy``
+        strategy = getattr(strategy, "dp", None) or getattr(strategy, "inner", None) or getattr(strategy, "strategy", None)
         seen += 1
     return None

@@ -271,3 +271,24 @@ def test_the_aggregate_does_not_depend_on_the_order_replies_arrive_in():
     for other in finals[1:]:
         for key in finals[0].keys():
             np.testing.assert_array_equal(other[key].numpy(), finals[0][key].numpy())
+
+
+@pytest.mark.parametrize("client_dp", ["none", "fixed-server", "adaptive-server", "fixed-client", "adaptive-client"])
+def test_fedadam_moments_are_found_inside_every_client_dp_wrapper(client_dp):
+    from flwr.serverapp.strategy.fedopt import FedOpt
+
+    from server.strategy import _find, restore_strategy_arrays, strategy_arrays
+
+    # Prepare: a FedAdam run (possibly wrapped for client-level DP) that has learned moments
+    cfg = RunConfig.from_flower({"strategy": "fedadam", "client-dp": client_dp, "client-dp-count-stddev": 1.0})
+    running = build_strategy(cfg)
+    inner = _find(running, lambda s: isinstance(s, FedOpt))
+    inner.m_t, inner.v_t = {"w": np.full(3, 0.5)}, {"w": np.full(3, 0.25)}
+    # Execute: save, and restore into the strategy a restarted server builds
+    saved = strategy_arrays(running)
+    resumed = build_strategy(cfg)
+    restore_strategy_arrays(resumed, saved)
+    # Assert
+    back = _find(resumed, lambda s: isinstance(s, FedOpt))
+    np.testing.assert_array_equal(back.m_t["w"], np.full(3, 0.5))
+    np.testing.assert_array_equal(back.v_t["w"], np.full(3, 0.25))
