@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
+from collections.abc import Iterator
 
 import pytest
 from flwr.app import Message, Metadata, RecordDict
@@ -22,3 +24,34 @@ def reply_message(content: RecordDict, *, src_node_id: int = 7, message_type: st
 @pytest.fixture
 def make_reply():
     return reply_message
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` intra-op torch threads, then restore the setting for the tests that follow.
+
+    Tiny models and batches gain nothing from intra-op threads, and on shared CI cores
+    extra threads spin against other jobs (3-10x slower).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One intra-op torch thread for a test (``pytestmark = pytest.mark.usefixtures("one_thread")`` for a module)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module() -> Iterator[None]:
+    """One intra-op torch thread for a whole module (its module-scoped fixtures train models too)."""
+    with torch_threads(1):
+        yield

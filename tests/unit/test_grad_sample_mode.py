@@ -83,14 +83,6 @@ def test_train_settings_carry_the_run_config_and_the_resolved_mode():
     assert (s.noise_multiplier, s.proximal_mu, s.loss, s.fedrs_alpha, s.dp) == (1.3, 0.05, "fedrs", 0.3, True)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_takes_a_dp_step_with_its_auto_mode(name, one_thread):
     # Prepare: zero noise and tight clipping, so the step is the clipped mean gradient

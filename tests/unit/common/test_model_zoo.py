@@ -18,14 +18,7 @@ SIZE = 32
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny batches gain nothing from intra-op threads, and on shared CI cores extra threads
-    # spin against other jobs (3-4x slower); restore the setting for the tests that follow.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fresh(name, classes=3):

@@ -45,12 +45,7 @@ def _summary() -> dict:
                         "maker-b": {"epsilon": 1.8, "delta": 1e-5, "noise_multiplier": 0.8, "steps": 16}}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: one thread is far faster
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")
