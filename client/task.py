@@ -132,13 +132,10 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
     steps_per_epoch = math.ceil(n / batch)
     sample_rate = 1.0 / steps_per_epoch
     noise = cfg.noise_multiplier
-    if cfg.dp and cfg.target_epsilon > 0:
-        from common.privacy_plan import plan
+    if cfg.dp:
+        from common.privacy_plan import run_noise
 
-        noise = plan(
-            rounds=cfg.num_server_rounds, epochs=cfg.local_epochs, batch_size=batch, examples=n,
-            target_epsilon=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant,
-        ).noise_multiplier
+        noise = run_noise(cfg, rounds=cfg.num_server_rounds, epochs=cfg.local_epochs, batch_size=batch, examples=n)
 
     policy = PrivacyPolicy.from_dict(site.policy or {})
     ledger = PrivacyLedger(site.ledger_path, accountant=cfg.accountant)

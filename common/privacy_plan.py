@@ -26,6 +26,8 @@ from common.errors import ConfigError
 if TYPE_CHECKING:
     from opacus.accountants import IAccountant
 
+    from common.config import RunConfig
+
 logger = logging.getLogger(__name__)
 
 ACCOUNTANTS = ("rdp", "prv")  # accountants that give a (eps, delta) upper bound
@@ -223,3 +225,15 @@ def plan(
         noise_multiplier=float(noise), sample_rate=sample_rate, steps_per_round=steps_per_round,
         epsilon_per_round=epsilons, delta=float(delta), accountant=accountant, target_epsilon=float(target_epsilon),
     )
+
+
+def run_noise(cfg: RunConfig, *, rounds: int, epochs: int, batch_size: int, examples: int) -> float:
+    """The DP-SGD noise multiplier a run uses: planned for ``target-epsilon`` when it is set, else ``noise-multiplier``.
+
+    One rule for a site (``rounds`` x ``epochs`` over its own examples) and for the pooled
+    DP run (one round over all of them).
+    """
+    if cfg.target_epsilon <= 0:
+        return cfg.noise_multiplier
+    return plan(rounds=rounds, epochs=epochs, batch_size=batch_size, examples=examples,
+                target_epsilon=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant).noise_multiplier

@@ -94,9 +94,13 @@ def restore_strategy_arrays(strategy: Strategy, arrays: Mapping[str, np.ndarray]
     opt = _find(strategy, lambda s: isinstance(s, FedOpt))
     if opt is None:
         return
-    for moment in MOMENTS:
-        saved = {k.split(".", 1)[1]: np.asarray(v) for k, v in arrays.items() if k.split(".", 1)[0] == moment}
-        setattr(opt, moment, saved or None)
+    saved: dict[str, dict[str, np.ndarray]] = {moment: {} for moment in MOMENTS}
+    for key, value in arrays.items():
+        moment, _, name = key.partition(".")
+        if moment in saved:
+            saved[moment][name] = np.asarray(value)
+    for moment, values in saved.items():
+        setattr(opt, moment, values or None)
 
 
 def _adaptive_clipping(strategy: object) -> Any:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from client.train import TrainSettings, evaluate, train_local
 from common.config import RunConfig
 from common.metrics import classification_summary
 from common.models import build_model
-from common.privacy_plan import epsilon_for, plan
+from common.privacy_plan import epsilon_for, run_noise
 
 
 @dataclass(frozen=True)
@@ -52,19 +52,19 @@ def train_centralized(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, num_classes=len(class_ids), image_size=cfg.image_size)
     n_epochs = epochs or cfg.num_server_rounds * cfg.local_epochs
-    noise = _pooled_noise(cfg, n_epochs, len(y)) if dp else 0.0
+    batch = min(cfg.batch_size, len(y))
+    noise = run_noise(cfg, rounds=1, epochs=n_epochs, batch_size=batch, examples=len(y)) if dp else 0.0
+    settings = TrainSettings(
+        epochs=1, batch_size=batch, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay, dp=dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
+        grad_sample_mode=grad_sample_mode(cfg, proximal_mu=0.0),
+    )
     history, steps, sample_rate = [], 0, 0.0
     for epoch in _epochs(n_epochs, progress):
-        settings = TrainSettings(
-            epochs=1, batch_size=min(cfg.batch_size, len(y)), optimizer=cfg.optimizer,
-            learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=dp,
-            noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed * 100_003 + epoch,
-            grad_sample_mode=grad_sample_mode(cfg, proximal_mu=0.0),
-        )
-        result = train_local(model, x, y, settings, device=device)
+        result = train_local(model, x, y, replace(settings, seed=cfg.seed * 100_003 + epoch), device=device)
         steps, sample_rate = steps + result.steps, result.sample_rate
-        history.append(evaluate(model, *test, device=device).accuracy)
-    res = evaluate(model, *test, device=device)
+        res = evaluate(model, *test, device=device)  # after every epoch; the last one is the final result
+        history.append(res.accuracy)
     final = classification_summary(res.labels, res.probs, class_ids)
     privacy = None
     if dp:
@@ -72,14 +72,6 @@ def train_centralized(
                    "delta": cfg.delta, "noise_multiplier": noise, "sample_rate": sample_rate, "steps": steps,
                    "accountant": cfg.accountant}
     return BaselineResult(final, history, time.monotonic() - t0, int(len(y)), privacy)
-
-
-def _pooled_noise(cfg: RunConfig, epochs: int, examples: int) -> float:
-    """The noise multiplier of the pooled DP run: planned for ``target-epsilon`` when set, as a site plans it."""
-    if cfg.target_epsilon <= 0:
-        return cfg.noise_multiplier
-    return plan(rounds=1, epochs=epochs, batch_size=min(cfg.batch_size, examples), examples=examples,
-                target_epsilon=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant).noise_multiplier
 
 
 def _epochs(n: int, progress: bool):  # noqa: ANN202
