@@ -72,16 +72,24 @@ def grad_sample_mode(cfg: RunConfig, *, proximal_mu: float) -> str:
     return mode
 
 
-def train_settings(cfg: RunConfig, n: int, server_round: int, *, noise: float, proximal_mu: float) -> TrainSettings:
-    """The local training a site with ``n`` images runs in ``server_round`` (benchmarks reuse it)."""
+def train_settings(cfg: RunConfig, n: int, server_round: int, *, noise: float, proximal_mu: float,
+                   site: str = "") -> TrainSettings:
+    """The local training a site with ``n`` images runs in ``server_round`` (benchmarks reuse it).
+
+    The DP noise and batches are secret (``noise_seed=None``: OS entropy at the site) unless the
+    run asks for ``reproducible-noise``; then they follow the run's seed, the round and ``site``.
+    """
+    from client.privacy.randomness import reproducible_seed
     from client.train import TrainSettings
+
+    noise_seed = reproducible_seed(cfg.seed, server_round, site) if cfg.reproducible_noise else None
 
     return TrainSettings(
         epochs=cfg.local_epochs, batch_size=min(cfg.batch_size, n), optimizer=cfg.optimizer,
         learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=cfg.dp,
         noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, proximal_mu=proximal_mu,
         grad_sample_mode=grad_sample_mode(cfg, proximal_mu=proximal_mu), seed=cfg.seed * 100_003 + server_round,
-        loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
+        noise_seed=noise_seed, accountant=cfg.accountant, loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
     )
 
 
@@ -141,7 +149,7 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
     ledger = PrivacyLedger(site.ledger_path, accountant=cfg.accountant)
     request = PrivacyRequest(
         dp=cfg.dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, delta=cfg.delta,
-        sample_rate=sample_rate, steps=cfg.local_epochs * steps_per_epoch,
+        sample_rate=sample_rate, steps=cfg.local_epochs * steps_per_epoch, reproducible_noise=cfg.reproducible_noise,
     )
     decision = check(policy, request, ledger)
     if not decision.allowed:
@@ -154,7 +162,7 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
 
     device = pick_device(site.device)
     model = _model(cfg, len(catalog), arrays)
-    settings = train_settings(cfg, n, server_round, noise=noise, proximal_mu=proximal_mu)
+    settings = train_settings(cfg, n, server_round, noise=noise, proximal_mu=proximal_mu, site=site.name)
     result = train_local(model, x, y, settings, device=device)
     eps_cum = eps_run = 0.0
     if cfg.dp:

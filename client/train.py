@@ -1,6 +1,9 @@
 """Local training and evaluation on a site's tensors. Knows nothing of Flower.
 
-DP-SGD is Opacus' ``PrivacyEngine.make_private`` with Poisson sampling. The accountant
+DP-SGD is Opacus' ``PrivacyEngine.make_private`` with Poisson sampling. The noise and the
+Poisson batches are drawn from generators seeded with the site's OS entropy
+(:mod:`client.privacy.randomness`), never from ``settings.seed``, which the server
+knows; ``settings.noise_seed`` makes them reproducible for simulations that ask. The accountant
 is owned by the caller (the site's privacy ledger): this module reports the noise
 multiplier, sample rate and number of optimizer steps it actually took, which is all an
 accountant needs.
@@ -39,7 +42,9 @@ class TrainSettings:
     grad_sample_mode: str = "hooks"  # Opacus per-sample gradient mode
     poisson_sampling: bool = True  # DP batches by Poisson sampling (what the accountant assumes)
     augment: bool = True  # random left/right flips (a per-sample transform, DP-safe)
-    seed: int = 0
+    seed: int = 0  # model-side randomness (augmentation flips, dropout); not part of the DP guarantee
+    noise_seed: int | None = None  # DP noise and Poisson sampling: None = secret, from OS entropy (see below)
+    accountant: str = "rdp"  # the run's accountant (Opacus' engine keeps one; the site ledger is authoritative)
     loss: str = "ce"  # local loss: ce | fedrs | logit-adjust | class-balanced (client.losses)
     fedrs_alpha: float = 0.5  # FedRS scale of absent classes' logits (loss = fedrs; 1 = ce)
     logit_tau: float = 1.0  # logit-adjustment strength (loss = logit-adjust)
@@ -104,26 +109,7 @@ def train_local(
     if ghost and (settings.loss != "ce" or settings.proximal_mu > 0):
         raise ValueError("ghost clipping supports only the plain cross-entropy loss without a proximal term")
     if settings.dp:
-        from opacus import PrivacyEngine
-
-        with warnings.catch_warnings():
-            # Opacus warns that secure_mode is off; our threat model is documented in the README.
-            warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-            engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-            private = engine.make_private(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                noise_multiplier=settings.noise_multiplier,
-                max_grad_norm=settings.max_grad_norm,
-                poisson_sampling=settings.poisson_sampling,
-                grad_sample_mode=settings.grad_sample_mode,
-                criterion=nn.CrossEntropyLoss(),  # used (wrapped) by ghost clipping only
-            )
-        if ghost:  # ghost clipping also wraps the loss: its backward() runs both passes
-            net, optimizer, criterion, loader = private
-        else:
-            net, optimizer, loader = private
+        net, optimizer, criterion, loader = _make_private(model, optimizer, loader, criterion, settings, device)
         sample_rate = 1.0 / len(loader)
     flip_gen = torch.Generator().manual_seed(settings.seed + 1)
     steps, loss_sum, correct, seen = 0, 0.0, 0, 0
@@ -176,6 +162,43 @@ def train_local(
         sample_rate=sample_rate,
         noise_multiplier=settings.noise_multiplier if settings.dp else 0.0,
     )
+
+
+def _make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, criterion: Callable,
+                  settings: TrainSettings, device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer, Callable, DataLoader]:
+    """Opacus' private model, optimizer, loss and Poisson loader, drawing from the site's secret generators."""
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+
+    from client.privacy.randomness import dp_generators, harden_noise
+
+    gens = dp_generators(device, seed=settings.noise_seed)
+    if settings.poisson_sampling:  # Opacus' own Poisson loader, on our generator (make_private would use torch's global one)
+        loader = DPDataLoader.from_data_loader(loader, generator=gens.sampler)
+    with warnings.catch_warnings():
+        # Opacus warns that secure_mode is off: it needs torchcsprng, which has no build for current torch.
+        # The generators above are seeded from OS entropy and harden_noise turns on its floating-point defence.
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        engine = PrivacyEngine(accountant=settings.accountant, secure_mode=False)
+        private = engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=settings.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm,
+            poisson_sampling=False,  # the loader above already samples; nothing left for Opacus to replace
+            noise_generator=gens.noise,
+            grad_sample_mode=settings.grad_sample_mode,
+            criterion=nn.CrossEntropyLoss(),  # used (wrapped) by ghost clipping only
+        )
+    if settings.grad_sample_mode == "ghost":  # ghost clipping also wraps the loss: its backward() runs both passes
+        net, dp_optimizer, criterion, dp_loader = private
+    else:
+        net, dp_optimizer, dp_loader = private
+    if settings.poisson_sampling:
+        net.forbid_grad_accumulation()  # what make_private does for its own Poisson loader
+    harden_noise(dp_optimizer)
+    return net, dp_optimizer, criterion, dp_loader
 
 
 @torch.no_grad()

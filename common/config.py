@@ -56,6 +56,9 @@ class RunConfig:
     max_grad_norm: float = 1.5  # DP-SGD per-sample clipping norm
     delta: float = 1e-5  # DP delta
     accountant: str = "rdp"  # privacy accountant: rdp | prv
+    # DP noise and Poisson batches seeded from seed, round and site (simulations only): then the noise protects
+    # nothing against whoever knows the run config, and a deployed site's policy refuses the run
+    reproducible_noise: bool = False
     local_loss: str = "ce"  # local loss: ce | fedrs | logit-adjust | class-balanced (label-skew methods)
     fedrs_alpha: float = 0.5  # FedRS: scale of logits of classes absent at the site (1 = plain CE)
     logit_adjust_tau: float = 1.0  # logit adjustment strength (local-loss = logit-adjust)

@@ -237,3 +237,16 @@ def run_noise(cfg: RunConfig, *, rounds: int, epochs: int, batch_size: int, exam
         return cfg.noise_multiplier
     return plan(rounds=rounds, epochs=epochs, batch_size=batch_size, examples=examples,
                 target_epsilon=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant).noise_multiplier
+
+
+def noise_statement(*, dp: bool, reproducible_noise: bool) -> dict[str, Any]:
+    """Where a run's DP noise came from, and whom it protects against (results.json ``dp_noise``)."""
+    if not dp:
+        return {"source": "none", "protects_against_server": False, "note": "trained without differential privacy"}
+    if reproducible_noise:
+        return {"source": "run-config seed", "protects_against_server": False,
+                "note": "reproducible-noise = true: every noise draw and Poisson batch followed the run's seed, round "
+                        "and site name, so the noise protected nothing against whoever knows the run config"}
+    return {"source": "site OS entropy", "protects_against_server": True,
+            "note": "every site drew its DP noise and Poisson batches from generators seeded with its own OS entropy, "
+                    "fresh each round; nothing the server sent or can read determined them"}

@@ -33,6 +33,7 @@ from common.catalog import Catalog
 from common.config import RunConfig
 from common.models import build_model
 from common.preprocess_params import PreprocessParams
+from common.privacy_plan import noise_statement
 from common.release_files import Release, load_release
 
 __all__ = ["Release", "load_release", "model_card", "write_release"]
@@ -128,7 +129,7 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
     lines += [f"| {c.id} | {c.manufacturer} | {c.model} | {c.component} |" for c in catalog]
     lines += _global_metrics(summary.get("final", {}))
     lines += _sites(summary, rounds)
-    lines += _privacy(summary.get("privacy", {}))
+    lines += _privacy(summary.get("privacy", {}), reproducible=bool(cfg.get("reproducible-noise", False)))
     lines += _site_level(summary.get("client_level_privacy"), summary.get("secure_aggregation"))
     return "\n".join(lines) + "\n"
 
@@ -184,11 +185,15 @@ def _sites(summary: Mapping[str, Any], rounds: list[Mapping[str, Any]]) -> list[
     return lines
 
 
-def _privacy(privacy: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _privacy(privacy: Mapping[str, Mapping[str, Any]], *, reproducible: bool = False) -> list[str]:
     lines = ["", "## Privacy"]
     if not privacy:
         return lines + ["Trained without differential privacy."]
-    lines += ["Sample-level DP-SGD (Opacus) at every site; epsilon is cumulative over every round the site trained.", "",
+    source = noise_statement(dp=True, reproducible_noise=reproducible)
+    warning = ["**The DP noise was reproducible: it protected nothing against whoever knows the run config.**", ""] \
+        if reproducible else []
+    lines += [*warning, "Sample-level DP-SGD (Opacus) at every site; epsilon is cumulative over every round the site trained.",
+              f"Noise source: {source['note']}.", "",
               "| site | epsilon | delta | noise multiplier | steps |", "|---|---|---|---|---|"]
     for name, p in privacy.items():
         lines.append(f"| {name} | {p['epsilon']:.2f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['steps']} |")

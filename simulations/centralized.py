@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from client.privacy.randomness import reproducible_seed
 from client.task import grad_sample_mode
 from client.train import TrainSettings, evaluate, train_local
 from common.config import RunConfig
@@ -57,11 +58,13 @@ def train_centralized(
     settings = TrainSettings(
         epochs=1, batch_size=batch, optimizer=cfg.optimizer, learning_rate=cfg.learning_rate, momentum=cfg.momentum,
         weight_decay=cfg.weight_decay, dp=dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm,
-        grad_sample_mode=grad_sample_mode(cfg, proximal_mu=0.0),
+        grad_sample_mode=grad_sample_mode(cfg, proximal_mu=0.0), accountant=cfg.accountant,
     )
     history, steps, sample_rate = [], 0, 0.0
     for epoch in _epochs(n_epochs, progress):
-        result = train_local(model, x, y, replace(settings, seed=cfg.seed * 100_003 + epoch), device=device)
+        noise_seed = reproducible_seed(cfg.seed, epoch, "pooled") if cfg.reproducible_noise else None
+        result = train_local(model, x, y, replace(settings, seed=cfg.seed * 100_003 + epoch, noise_seed=noise_seed),
+                             device=device)
         steps, sample_rate = steps + result.steps, result.sample_rate
         res = evaluate(model, *test, device=device)  # after every epoch; the last one is the final result
         history.append(res.accuracy)

@@ -28,6 +28,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=None, help="DP-SGD at every site")
     p.add_argument("--noise-multiplier", type=float)
     p.add_argument("--target-epsilon", type=float, help="plan the noise multiplier to reach this epsilon")
+    p.add_argument("--reproducible-noise", action="store_true", default=None,
+                   help="seed the DP noise from the run config (bit-reproducible runs; the noise then protects "
+                        "nothing against whoever knows the seed)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any run-config key")
     p.add_argument("--seed", type=int, default=0, help="data-generation seed")
     p.add_argument("--state-dir", type=Path, help="per-site privacy ledgers (default <out>/state)")
@@ -40,7 +43,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for flag, key in (("model", "model"), ("strategy", "strategy"), ("rounds", "num-server-rounds"),
                       ("local_epochs", "local-epochs"), ("dp", "dp"), ("noise_multiplier", "noise-multiplier"),
-                      ("target_epsilon", "target-epsilon")):
+                      ("target_epsilon", "target-epsilon"),
+                      ("reproducible_noise", "reproducible-noise")):
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value

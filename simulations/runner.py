@@ -23,6 +23,7 @@ from common.config import RunConfig
 from common.device import pick_device
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
+from common.privacy_plan import noise_statement
 from simulations.federation import Federation, default_cache_root, ensure_synthetic, simulated_sites
 from simulations.presets import load_preset
 
@@ -130,9 +131,9 @@ def run(opts: SimOptions) -> dict[str, Any]:
     t_start = time.monotonic()
     prep = prepare(opts)
     data, test = load_all(prep, progress=opts.progress)
-    # The researcher owns the simulated sites: a run without DP gets sites whose policy allows it
-    # (a real site's default policy requires DP and refuses such a run).
-    policy = None if prep.cfg.dp else {"require-dp": False}
+    # The researcher owns the simulated sites: a run without DP, or with reproducible noise, gets sites
+    # whose policy allows it (a real site's default policy refuses both).
+    policy = simulated_policy(prep.cfg)
     sites = simulated_sites(prep.fed, state_dir=prep.state_dir, cache_dir=prep.cache_dir, params=prep.params,
                             names=prep.site_names, policy=policy)
     device = pick_device()
@@ -180,6 +181,7 @@ def run(opts: SimOptions) -> dict[str, Any]:
         results["final_by_body_part"] = by_body_part(test.files, res.probs, res.labels, studies, prep.fed.catalog.ids)
     if prep.cfg.dp:
         results["privacy"] = privacy_summary(state.history.to_list(), prep.cfg)
+    results["dp_noise"] = noise_statement(dp=prep.cfg.dp, reproducible_noise=prep.cfg.reproducible_noise)
     if prep.cfg.client_dp != "none":  # the guarantee for a whole site, on the released model
         from server.client_dp import client_dp_guarantee
 
@@ -253,6 +255,16 @@ def _round_progress(total: int):  # noqa: ANN202
             yield update
 
     return ctx()
+
+
+def simulated_policy(cfg: RunConfig) -> dict[str, Any] | None:
+    """The privacy policy of a researcher's simulated sites: the default, plus what the run opts into."""
+    policy: dict[str, Any] = {}
+    if not cfg.dp:
+        policy["require-dp"] = False
+    if cfg.reproducible_noise:
+        policy["allow-reproducible-noise"] = True
+    return policy or None
 
 
 def privacy_summary(rounds: list[dict[str, Any]], cfg: RunConfig) -> dict[str, dict[str, Any]]:

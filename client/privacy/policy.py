@@ -48,6 +48,9 @@ class PrivacyPolicy:
     max_clip_norm: float = 10.0  # highest per-sample clipping norm a run may use
     require_dp: bool = True  # refuse any run that trains without DP-SGD
     accountant: str = "rdp"  # accountant the budget is checked with: rdp | prv
+    # accept runs whose DP noise is seeded from the run config (reproducible-noise): only a researcher's
+    # simulated sites set this; the server could regenerate and subtract such noise
+    allow_reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -59,8 +62,9 @@ class PrivacyPolicy:
         for key, value, ok, expected in checks:
             if not ok(_number(key, value)):
                 raise ConfigError(f"privacy policy {key} must be {expected}, got {value!r}")
-        if not isinstance(self.require_dp, bool):
-            raise ConfigError(f"privacy policy require-dp must be true or false, got {type(self.require_dp).__name__}")
+        for key, flag in (("require-dp", self.require_dp), ("allow-reproducible-noise", self.allow_reproducible_noise)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"privacy policy {key} must be true or false, got {type(flag).__name__}")
         if self.accountant not in ACCOUNTANTS:
             raise ConfigError(f"privacy policy accountant must be one of {', '.join(ACCOUNTANTS)}, "
                               f"got {self.accountant!r}")
@@ -98,6 +102,7 @@ class PrivacyRequest:
     delta: float  # the run's delta
     sample_rate: float  # Poisson sample rate of each step
     steps: int  # optimizer steps this round will take
+    reproducible_noise: bool = False  # the noise would be seeded from the run config, which the server knows
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,9 @@ def _finite(value: Any) -> bool:
 
 def _policy_problems(policy: PrivacyPolicy, request: PrivacyRequest) -> list[str]:
     problems = []
+    if request.reproducible_noise is not False and not policy.allow_reproducible_noise:
+        problems.append("the run asks for reproducible noise (seeded from the run config, so the server could "
+                        "remove it); this site's policy does not allow it")
     noise, clip, delta = request.noise_multiplier, request.max_grad_norm, request.delta
     if not (_finite(noise) and noise > 0):
         problems.append(f"noise multiplier {noise} gives no privacy")

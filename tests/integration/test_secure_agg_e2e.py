@@ -3,7 +3,8 @@
 The same one-round run (smoke data, DP-SGD, three training sites and one whose budget is
 spent) twice: with ``secure-aggregation = true`` and without. The ServerApp's Grid is
 wrapped to keep what the server receives and the global weights it sends for evaluation.
-Training is seeded per site, so both runs' sites compute the same updates: the secure
+Both runs ask for reproducible noise (seeded per site and round), so both runs' sites compute the
+same updates: the secure
 global model must equal plain FedAvg's up to SecAgg+'s quantisation, while no train reply
 of the secure run carries a single weight.
 """
@@ -20,7 +21,7 @@ from tests.integration.recording import recording_server_app
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = {"num-server-rounds": 1, "local-epochs": 1}
+OVERRIDES = {"num-server-rounds": 1, "local-epochs": 1, "reproducible-noise": True}
 
 
 class RecordingGrid:
@@ -59,7 +60,7 @@ def _run(tmp_path_factory, name: str, secure: bool, **extra):  # noqa: ANN001, A
     def sites_with_refusal(fed, **kwargs):  # noqa: ANN001, ANN202
         healthy = make_sites(fed, **kwargs)
         return [*healthy, dataclasses.replace(healthy[0], name="budget-site", state_dir=base / "state" / "budget-site",
-                                              policy={"max-epsilon": 0.01})]
+                                              policy={"max-epsilon": 0.01, "allow-reproducible-noise": True})]
 
     mp = pytest.MonkeyPatch()
     mp.setenv("IMPLANTFL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from simulations.runner import SimOptions, run
@@ -26,6 +27,25 @@ def _run(tmp_path_factory, **overrides):
 def smoke_run(tmp_path_factory):
     """3 sites, 2 rounds, DP-SGD at every site."""
     return _run(tmp_path_factory, **{"num-server-rounds": 2})
+
+
+@pytest.fixture(scope="module")
+def smoke_run_again(tmp_path_factory):
+    """The same run config as ``smoke_run``, run a second time."""
+    return _run(tmp_path_factory, **{"num-server-rounds": 2})
+
+
+@pytest.fixture(scope="module")
+def plain_runs(tmp_path_factory):
+    """Two runs without DP and the same config."""
+    overrides = {"num-server-rounds": 1, "local-epochs": 1, "dp": False}
+    return _run(tmp_path_factory, **overrides), _run(tmp_path_factory, **overrides)
+
+
+def _weights(out):
+    import torch
+
+    return {k: v.numpy() for k, v in torch.load(out / "release" / "model.pt", weights_only=True).items()}
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +89,19 @@ def test_release_loads_into_a_plain_model(smoke_run):
     out, _ = smoke_run
     rel = load_release(out / "release")
     assert len(rel.catalog) == len(json.loads((out / "release" / "catalog.json").read_text())["classes"])
+
+
+def test_two_dp_runs_with_the_same_config_end_with_different_weights(smoke_run, smoke_run_again):
+    # The sites' DP noise comes from their own OS entropy: the server's config does not fix it
+    a, b = _weights(smoke_run[0]), _weights(smoke_run_again[0])
+    assert a.keys() == b.keys()
+    assert any(not np.array_equal(a[k], b[k]) for k in a)
+    assert smoke_run[1]["dp_noise"]["source"] == "site OS entropy"
+    assert smoke_run[1]["dp_noise"]["protects_against_server"] is True
+
+
+def test_two_runs_without_dp_and_the_same_config_end_bit_identical(plain_runs):
+    (out_a, res_a), (out_b, _) = plain_runs
+    a, b = _weights(out_a), _weights(out_b)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert res_a["dp_noise"]["source"] == "none"

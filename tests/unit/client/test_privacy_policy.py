@@ -207,3 +207,19 @@ def test_refusals_raise_their_error(decision, error):
     with pytest.raises(error, match=decision.reason):
         decision.raise_if_refused()
     Decision(True).raise_if_refused()  # allowed: no error
+
+
+def test_reproducible_noise_is_refused_unless_the_site_allows_it():
+    from client.privacy import PrivacyPolicy, PrivacyRequest, check
+
+    request = PrivacyRequest(dp=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, sample_rate=0.1, steps=10,
+                             reproducible_noise=True)
+
+    class NoSpend:
+        def projected_epsilon(self, **_):
+            return 1.0
+
+    refused = check(PrivacyPolicy(), request, NoSpend())
+    allowed = check(PrivacyPolicy(allow_reproducible_noise=True), request, NoSpend())
+    assert not refused.allowed and refused.code == "policy-refused" and "reproducible" in refused.reason
+    assert allowed.allowed

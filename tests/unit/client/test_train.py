@@ -86,3 +86,59 @@ def test_empty_poisson_batches_take_a_noise_only_step_in_every_mode(mode):
     # Assert: every step was taken (6 per epoch), empty ones included, and the model moved
     assert result.steps == 18
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def _dp_weights(settings, x, y):
+    model = _fresh()
+    train_local(model, x, y, settings, device=CPU)
+    return [p.detach().clone() for p in model.state_dict().values()]
+
+
+def test_dp_noise_is_secret_two_runs_with_the_same_settings_differ():
+    # Prepare: everything the server knows (model init, seed, settings) is identical
+    x, y = _data()
+    settings = TrainSettings(dp=True, noise_multiplier=1.0, batch_size=16, seed=3)
+    # Execute
+    a, b = _dp_weights(settings, x, y), _dp_weights(settings, x, y)
+    # Assert: the noise and the Poisson batches came from the site's OS entropy, not from seed
+    assert any(not torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_dp_without_noise_still_samples_secret_poisson_batches():
+    # Zero noise, huge clip: only the Poisson batches can differ between two runs, and they do
+    x, y = _data()
+    settings = TrainSettings(dp=True, noise_multiplier=0.0, max_grad_norm=1e6, batch_size=8, seed=3, augment=False)
+    a, b = _dp_weights(settings, x, y), _dp_weights(settings, x, y)
+    assert any(not torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_reproducible_noise_seed_gives_identical_weights():
+    x, y = _data()
+    settings = TrainSettings(dp=True, noise_multiplier=1.0, batch_size=16, seed=3, noise_seed=1234)
+    a, b = _dp_weights(settings, x, y), _dp_weights(settings, x, y)
+    assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_dp_noise_does_not_follow_the_global_torch_seed(monkeypatch):
+    # A site that re-seeds torch's global generator (as model code does) must not fix the noise.
+    x, y = _data()
+    settings = TrainSettings(dp=True, noise_multiplier=1.0, batch_size=16, seed=3)
+    torch.manual_seed(0)
+    a = _dp_weights(settings, x, y)
+    torch.manual_seed(0)
+    b = _dp_weights(settings, x, y)
+    assert any(not torch.equal(p, q) for p, q in zip(a, b, strict=True))
+
+
+def test_dp_optimizer_uses_opacus_floating_point_defence():
+    # Opacus' secure-mode noise (sum of 2n Gaussians) is on for every DP optimizer we build
+    from client.train import _loader, _make_private
+
+    x, y = _data()
+    model = _fresh()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, dp_opt, _, loader = _make_private(model, opt, _loader(x, y, 16, shuffle=True, seed=0), torch.nn.CrossEntropyLoss(),
+                                         TrainSettings(dp=True, batch_size=16), CPU)
+    assert dp_opt.secure_mode is True
+    assert dp_opt.generator is not None
+    assert loader.batch_sampler.generator is not None
