@@ -27,6 +27,7 @@ class SiteRuntime:
     label_map: Mapping[str, str] | None = None  # local label -> catalog id; None: site.toml / identity
     policy: Mapping[str, Any] | None = None  # site privacy policy (kebab-case), None = defaults
     device: str = "auto"
+    encoder_path: Path | None = None  # public encoder (folder or encoder.pt) for runs with a head
 
     def catalog(self) -> Catalog:
         return Catalog.load(self.catalog_path)

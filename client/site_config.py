@@ -8,6 +8,7 @@ Example::
     catalog = "catalog.json"           # the consortium catalog (required to train)
     cache-dir = ".implantfl-cache"     # default <data-dir>/.implantfl-cache
     state-dir = "state"                # privacy ledger; default <this folder>/state
+    encoder = "encoder"                # the consortium's public encoder folder (encoder.pt + encoder.json)
 
     [labels]                           # local label -> catalog id
     "Auralis A1 Taper" = "auralis-a1"
@@ -37,7 +38,7 @@ from client.runtime import SiteRuntime
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
 
-SITE_KEYS = {"name", "data-dir", "catalog", "cache-dir", "state-dir", "device"}
+SITE_KEYS = {"name", "data-dir", "catalog", "cache-dir", "state-dir", "device", "encoder"}
 # Sections validated by another module; kept verbatim in SiteConfig.extra.
 DELEGATED_SECTIONS = {"superlink": "client.site_connection", "tls": "client.site_connection",
                       "auth": "client.site_connection"}
@@ -54,6 +55,7 @@ class SiteConfig:
     cache_dir: Path  # preprocessed tensors
     state_dir: Path  # privacy ledger and other per-site state
     device: str = "auto"  # torch device for local training
+    encoder: Path | None = None  # the consortium's public encoder (folder or encoder.pt); needed for head runs
     labels: dict[str, str] | None = None  # local label -> catalog id; None = labels are catalog ids
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
     privacy: dict[str, Any] = field(default_factory=dict)  # kebab-case PrivacyPolicy table
@@ -90,7 +92,7 @@ class SiteConfig:
             raise ConfigError("[site] data-dir does not exist or is not a folder")
         return SiteRuntime(name=self.name, data_dir=self.data_dir, catalog_path=self.catalog, cache_dir=self.cache_dir,
                            state_dir=self.state_dir, preprocess=self.preprocess, label_map=self.labels,
-                           policy=self.privacy or None, device=self.device)
+                           policy=self.privacy or None, device=self.device, encoder_path=self.encoder)
 
 
 def read_toml(path: Path) -> dict[str, Any]:
@@ -123,6 +125,7 @@ def _parse_site(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
         "cache_dir": (base / table["cache-dir"]).resolve() if "cache-dir" in table else data_dir / CACHE_DIR_NAME,
         "state_dir": (base / table.get("state-dir", "state")).resolve(),
         "device": table.get("device", "auto"),
+        "encoder": (base / table["encoder"]).resolve() if "encoder" in table else None,
     }
 
 

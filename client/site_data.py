@@ -53,6 +53,9 @@ class SiteData:
         Each accepted image's path relative to the site folder, in the order of ``x``
         (researcher-side evaluation maps test images to studies with it). It stays in
         this process: never logged, cached or sent.
+    keys
+        Each accepted image's salted file id and file stamp (size, mtime), in the order of
+        ``x``: what later caches (features) are keyed by. No path, no patient value.
     """
 
     x: np.ndarray
@@ -62,6 +65,7 @@ class SiteData:
     decoded: int = 0
     cached: int = 0
     files: tuple[str, ...] = ()
+    keys: tuple[str, ...] = ()
 
     def train(self) -> tuple[np.ndarray, np.ndarray]:
         return self.x[~self.is_val], self.y[~self.is_val]
@@ -156,7 +160,7 @@ def load_site(
     mapping = map_labels(items, catalog, label_map if label_map is not None else read_label_map(site_dir))
     cache = SiteCache(cache_dir, params) if cache_dir is not None else None
     old = cache.load() if cache is not None else {}
-    ids = [cache.file_id(i.rel) if cache is not None else i.rel for i in items]
+    ids = [cache.file_id(i.rel) if cache is not None else hashlib.sha256(i.rel.encode()).hexdigest()[:24] for i in items]
     entries: dict[str, CacheEntry] = {}
     todo: list[tuple[str, Item, tuple[int, int]]] = []
     for fid, item in zip(ids, items, strict=True):
@@ -174,7 +178,7 @@ def load_site(
         cache.save({fid: entries[fid] for fid in ids})
     if todo:
         logger.info("site %s: processed %d file(s), %d from cache", file_token(site_dir), len(todo), len(items) - len(todo))
-    data = _assemble(items, [entries[fid] for fid in ids], mapping, catalog, params, val_fraction)
+    data = _assemble(items, [entries[fid] for fid in ids], ids, mapping, catalog, params, val_fraction)
     data.decoded, data.cached = len(todo), len(items) - len(todo)
     return data
 
@@ -203,11 +207,11 @@ def _run(site_dir: Path, items: list[Item], params: PreprocessParams, workers: i
             advance(1)
 
 
-def _assemble(items: list[Item], entries: list[CacheEntry], mapping: Mapping[str, str], catalog: Catalog,
-              params: PreprocessParams, val_fraction: float) -> SiteData:
+def _assemble(items: list[Item], entries: list[CacheEntry], ids: list[str], mapping: Mapping[str, str],
+              catalog: Catalog, params: PreprocessParams, val_fraction: float) -> SiteData:
     report = QCReport()
-    images, ys, vals, files = [], [], [], []
-    for item, e in zip(items, entries, strict=True):
+    images, ys, vals, files, keys = [], [], [], [], []
+    for item, e, fid in zip(items, entries, ids, strict=True):
         report.note_phi(e.phi)
         if e.reason is not None or e.image is None:
             report.reject(e.reason or UNREADABLE)
@@ -218,9 +222,10 @@ def _assemble(items: list[Item], entries: list[CacheEntry], mapping: Mapping[str
         ys.append(catalog.index_of(cid))
         vals.append(in_val_split(item.rel, val_fraction))
         files.append(item.rel)
+        keys.append(f"{fid}:{e.stamp[0]}:{e.stamp[1]}")
     s = params.image_size
     x = np.stack(images)[:, None].astype(np.float32) if images else np.zeros((0, 1, s, s), np.float32)
-    return SiteData(x, np.asarray(ys, np.int64), np.asarray(vals, bool), report, files=tuple(files))
+    return SiteData(x, np.asarray(ys, np.int64), np.asarray(vals, bool), report, files=tuple(files), keys=tuple(keys))
 
 
 @contextmanager

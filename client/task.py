@@ -16,22 +16,31 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from client.runtime import SiteRuntime
+from client.training.jobs import (
+    STATS_KIND,
+    Job,
+    eval_head,
+    finetune_model,
+    head_model,
+    sgd_job,
+    stats_job,
+)
+from client.training.settings import grad_sample_mode, train_settings  # noqa: F401 - re-exported for callers
 from common.compression import REPLY_KEY, compress_update
 from common.config import RunConfig
 from common.device import pick_device
 from common.errors import ConfigError, ImplantFLError
-from common.models import DP_GRAD_SAMPLE_MODE, build_model
-from common.weights import load_record, to_record
+from common.models import build_model
+from common.weights import load_record
 
 if TYPE_CHECKING:
-    from client.train import TrainSettings
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -55,42 +64,6 @@ def _status(site: str, status: str, reason: str = "") -> ConfigRecord:
 def _parse(config: Mapping[str, Any]) -> tuple[RunConfig, int, str]:
     cfg = RunConfig.from_flower(config, ignore=ROUND_KEYS)
     return cfg, int(config.get("server-round", 0)), str(config.get("catalog-fingerprint", ""))
-
-
-def grad_sample_mode(cfg: RunConfig, *, proximal_mu: float) -> str:
-    """The Opacus per-sample-gradient mode for ``cfg``: ``auto`` becomes the model's fastest valid one.
-
-    ``auto`` takes :data:`common.models.DP_GRAD_SAMPLE_MODE` (``hooks`` for a model not
-    measured) and never ghost clipping where it cannot work (a loss other than ``ce``, or a
-    proximal term).
-    """
-    if cfg.grad_sample_mode != "auto":
-        return cfg.grad_sample_mode
-    mode = DP_GRAD_SAMPLE_MODE.get(cfg.model, "hooks")
-    if mode == "ghost" and (cfg.local_loss != "ce" or proximal_mu > 0):
-        return "hooks"
-    return mode
-
-
-def train_settings(cfg: RunConfig, n: int, server_round: int, *, noise: float, proximal_mu: float,
-                   site: str = "") -> TrainSettings:
-    """The local training a site with ``n`` images runs in ``server_round`` (benchmarks reuse it).
-
-    The DP noise and batches are secret (``noise_seed=None``: OS entropy at the site) unless the
-    run asks for ``reproducible-noise``; then they follow the run's seed, the round and ``site``.
-    """
-    from client.privacy.randomness import reproducible_seed
-    from client.train import TrainSettings
-
-    noise_seed = reproducible_seed(cfg.seed, server_round, site) if cfg.reproducible_noise else None
-
-    return TrainSettings(
-        epochs=cfg.local_epochs, batch_size=min(cfg.batch_size, n), optimizer=cfg.optimizer,
-        learning_rate=cfg.learning_rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay, dp=cfg.dp,
-        noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, proximal_mu=proximal_mu,
-        grad_sample_mode=grad_sample_mode(cfg, proximal_mu=proximal_mu), seed=cfg.seed * 100_003 + server_round,
-        noise_seed=noise_seed, accountant=cfg.accountant, loss=cfg.local_loss, fedrs_alpha=cfg.fedrs_alpha, logit_tau=cfg.logit_adjust_tau,
-    )
 
 
 def _load_data(site: SiteRuntime, cfg: RunConfig, fingerprint: str):  # noqa: ANN202
@@ -126,32 +99,14 @@ def train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, 
 
 
 def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
-    from client.privacy import PrivacyLedger, PrivacyPolicy, PrivacyRequest, check
-    from client.train import train_local
+    from client.privacy import PrivacyLedger, PrivacyPolicy, check
 
     cfg, server_round, fingerprint = _parse(config)
-    proximal_mu = float(config.get("proximal-mu", 0.0))
     catalog, data = _load_data(site, cfg, fingerprint)
-    x, y = data.train()
-    n = len(y)
-    if n == 0:
-        raise ConfigError("this site has no accepted training images")
-    batch = min(cfg.batch_size, n)
-    steps_per_epoch = math.ceil(n / batch)
-    sample_rate = 1.0 / steps_per_epoch
-    noise = cfg.noise_multiplier
-    if cfg.dp:
-        from common.privacy_plan import run_noise
-
-        noise = run_noise(cfg, rounds=cfg.num_server_rounds, epochs=cfg.local_epochs, batch_size=batch, examples=n)
-
+    job = _plan(site, arrays, cfg, server_round, catalog, data, proximal_mu=float(config.get("proximal-mu", 0.0)))
     policy = PrivacyPolicy.from_dict(site.policy or {})
     ledger = PrivacyLedger(site.ledger_path, accountant=cfg.accountant)
-    request = PrivacyRequest(
-        dp=cfg.dp, noise_multiplier=noise, max_grad_norm=cfg.max_grad_norm, delta=cfg.delta,
-        sample_rate=sample_rate, steps=cfg.local_epochs * steps_per_epoch, reproducible_noise=cfg.reproducible_noise,
-    )
-    decision = check(policy, request, ledger)
+    decision = check(policy, job.request, ledger)
     if not decision.allowed:
         logger.warning("round %d refused (%s): %s", server_round, decision.code, decision.reason)
         spent = ledger.cumulative_epsilon(policy.delta) if ledger.rows() else 0.0
@@ -159,28 +114,47 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
             "metrics": _metrics(TRAIN_METRICS, {"epsilon": spent}),
             "site": _status(site.name, str(decision.code), str(decision.reason)),
         })
-
-    device = pick_device(site.device)
-    model = _model(cfg, len(catalog), arrays)
-    settings = train_settings(cfg, n, server_round, noise=noise, proximal_mu=proximal_mu, site=site.name)
-    result = train_local(model, x, y, settings, device=device)
+    out = job.execute()
     eps_cum = eps_run = 0.0
     if cfg.dp:
         row = ledger.record_round(
-            run_id=str(run_id), round=server_round, noise_multiplier=noise,
-            sample_rate=result.sample_rate, steps=result.steps, delta=cfg.delta,
+            run_id=str(run_id), round=server_round, noise_multiplier=out.noise_multiplier,
+            sample_rate=out.sample_rate, steps=out.steps, delta=cfg.delta,
         )
         eps_cum, eps_run = row.epsilon_cumulative, row.epsilon_run
-    logger.info("round %d trained on %d images, loss %.3f, epsilon %.2f", server_round, n, result.loss, eps_cum)
-    metrics = {
-        "num-examples": n, "train-loss": result.loss, "train-accuracy": result.accuracy,
-        "epsilon": eps_cum, "epsilon-run": eps_run, "dp-steps": result.steps,
-        "noise-multiplier": result.noise_multiplier, "sample-rate": result.sample_rate,
-    }
+    logger.info("round %d: %s from %d images, epsilon %.2f", server_round, out.payload, out.metrics["num-examples"],
+                eps_cum)
+    metrics = {**out.metrics, "epsilon": eps_cum, "epsilon-run": eps_run, "dp-steps": out.steps,
+               "noise-multiplier": out.noise_multiplier if cfg.dp else 0.0, "sample-rate": out.sample_rate}
     status = _status(site.name, "ok")
+    if out.payload == STATS_KIND:
+        status["payload"] = STATS_KIND
+        return RecordDict({"arrays": out.arrays, "metrics": _metrics(TRAIN_METRICS, metrics), "site": status})
     status[REPLY_KEY] = cfg.update_compression
-    return RecordDict({"arrays": _compressed(to_record(model), arrays, cfg.update_compression),
+    return RecordDict({"arrays": _compressed(out.arrays, arrays, cfg.update_compression),
                        "metrics": _metrics(TRAIN_METRICS, metrics), "site": status})
+
+
+def _plan(site: SiteRuntime, arrays: ArrayRecord, cfg: RunConfig, server_round: int, catalog: Any, data: Any,
+          *, proximal_mu: float) -> Job:
+    """The round's job for this run's route (images, head on features, or the dp-stats release)."""
+    x, y = data.train()
+    if len(y) == 0:
+        raise ConfigError("this site has no accepted training images")
+    if not cfg.uses_encoder:
+        return sgd_job(site, cfg, server_round, _model(cfg, len(catalog), arrays), x, y,
+                       proximal_mu=proximal_mu, augment=True)
+    if cfg.head == "finetune":
+        return sgd_job(site, cfg, server_round, finetune_model(site, cfg, len(catalog), arrays), x, y,
+                       proximal_mu=proximal_mu, augment=True, grad_sample_mode="hooks")
+    from client.training.encoder_features import feature_splits
+
+    feats = feature_splits(site, cfg, data, device=pick_device(site.device))
+    if cfg.stats_round(server_round):
+        return stats_job(site, cfg, server_round, feats.train_x, feats.train_y, len(catalog))
+    model = head_model(cfg, feats.dim, len(catalog), arrays)
+    return sgd_job(site, cfg, server_round, model, feats.train_x, feats.train_y, proximal_mu=proximal_mu,
+                   augment=False, grad_sample_mode="hooks")
 
 
 def _compressed(new: ArrayRecord, received: ArrayRecord, mode: str) -> ArrayRecord:
@@ -200,8 +174,17 @@ def evaluate(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], 
         cfg, _, fingerprint = _parse(config)
         catalog, data = _load_data(site, cfg, fingerprint)
         x, y = data.val()
-        model = _model(cfg, len(catalog), arrays)
-        res = evaluate_model(model, x, y, device=pick_device(site.device))
+        device = pick_device(site.device)
+        if cfg.head == "finetune":
+            model = finetune_model(site, cfg, len(catalog), arrays)
+        elif cfg.uses_encoder:  # the head on the validation split's (cached) features
+            from client.training.encoder_features import feature_splits
+
+            feats = feature_splits(site, cfg, data, device=device)
+            model, x, y = eval_head(cfg, feats.dim, len(catalog), arrays), feats.val_x, feats.val_y
+        else:
+            model = _model(cfg, len(catalog), arrays)
+        res = evaluate_model(model, x, y, device=device)
         ledger = PrivacyLedger(site.ledger_path, accountant=cfg.accountant)
         eps = ledger.cumulative_epsilon(cfg.delta) if ledger.rows() else 0.0
         metrics = {"num-examples": res.num_examples, "val-loss": res.loss, "val-accuracy": res.accuracy, "epsilon": eps}

@@ -25,6 +25,13 @@ COMPRESSIONS = ("none", "fp16", "int8")  # common.compression.MODES
 CLIENT_DP = ("none", "fixed-server", "fixed-client", "adaptive-server", "adaptive-client")
 CLIENT_DP_STRATEGIES = ("fedavg", "fedprox", "fedadam")  # the wrappers calibrate noise to a mean of updates
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # aggregate = the weighted mean update, all SecAgg+ reveals
+# The private part a site trains on a public encoder's features (README "Private learning"): none = the
+# end-to-end model ``model`` (the study models); linear / mlp = a head trained with DP-SGD under the strategy;
+# dp-stats = one Gaussian release of class statistics, summed and solved at the server; dp-stats+linear =
+# that release as the start of DP-SGD rounds on a linear head; finetune = end-to-end DP-SGD from the encoder.
+HEADS = ("none", "linear", "mlp", "dp-stats", "dp-stats+linear", "finetune")
+STATS_HEADS = ("dp-stats", "dp-stats+linear")  # heads whose first round releases statistics
+DP_STATS_SOLVERS = ("cosine", "means", "lda", "ridge")  # common.dp_stats.SOLVERS
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,12 @@ class RunConfig:
     """Everything a federated run needs to agree on. Keys are kebab-case in TOML."""
 
     num_server_rounds: int = 10  # federated rounds
-    model: str = "cnn"  # model registry name (common.models.MODELS)
+    head: str = "none"  # private part on a public encoder (HEADS); none = train ``model`` end to end
+    encoder: str = ""  # SHA-256 of the public encoder (filled from the encoder file by the runner / server)
+    dp_stats_solver: str = "cosine"  # dp-stats: what the server solves from the summed statistics (DP_STATS_SOLVERS)
+    dp_stats_share: float = 0.5  # dp-stats+linear: share of target-epsilon the statistics release spends
+    dp_stats_ridge: float = 1.0  # dp-stats with lda / ridge: regulariser of the noised covariance
+    model: str = "cnn"  # model registry name (common.models.MODELS), with head = none
     image_size: int = 64  # model input side, pixels (must match preprocessing)
     local_epochs: int = 1  # passes over the site's training split per round
     batch_size: int = 32  # expected batch size (Poisson-sampled under DP)
@@ -120,9 +132,12 @@ class RunConfig:
             "secagg_clipping_range": (1e-6, 1e6),
             "secagg_quantization_range": (2**8, 2**26),  # sites x range must stay below the 2^32 modulus
             "secagg_max_weight": (1, 10**9),
+            "dp_stats_share": (0.01, 0.99),
+            "dp_stats_ridge": (0.0, 1e6),
         }
         choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES, "optimizer": OPTIMIZERS,
-                   "grad_sample_mode": GRAD_SAMPLE_MODES, "update_compression": COMPRESSIONS}
+                   "grad_sample_mode": GRAD_SAMPLE_MODES, "update_compression": COMPRESSIONS,
+                   "head": HEADS, "dp_stats_solver": DP_STATS_SOLVERS}
         for name, (lo, hi) in limits.items():
             value = getattr(self, name)
             if not lo <= value <= hi:
@@ -140,6 +155,30 @@ class RunConfig:
         self._check_client_dp()
         if self.secure_aggregation:
             self._check_secure_aggregation()
+        self._check_head()
+
+    @property
+    def uses_encoder(self) -> bool:
+        """Whether the run trains a private part on a public encoder (head != none)."""
+        return self.head != "none"
+
+    def stats_round(self, server_round: int) -> bool:
+        """Whether ``server_round`` releases DP statistics rather than training weights."""
+        return self.head in STATS_HEADS and server_round == 1
+
+    def _check_head(self) -> None:
+        if self.encoder and (len(self.encoder) != 64 or any(c not in "0123456789abcdef" for c in self.encoder)):
+            raise ConfigError("encoder must be the 64-character hex SHA-256 of the public encoder file")
+        if self.head not in STATS_HEADS:
+            return
+        if self.head == "dp-stats" and self.num_server_rounds != 1:
+            raise ConfigError("head = dp-stats releases its statistics once: num-server-rounds must be 1 "
+                              "(head = dp-stats+linear continues with DP-SGD rounds)")
+        if self.head == "dp-stats+linear" and self.num_server_rounds < 2:
+            raise ConfigError("head = dp-stats+linear needs num-server-rounds >= 2 (round 1 releases the statistics)")
+        if self.secure_aggregation or self.client_dp != "none" or self.update_compression != "none":
+            raise ConfigError("a dp-stats release is a sum of already-noised statistics: it takes no "
+                              "secure-aggregation, client-dp or update-compression")
 
     @property
     def client_dp_sites(self) -> int:

@@ -3,10 +3,13 @@
 Everything here is Opacus' accounting (``opacus.accountants``); nothing re-derives a
 bound by hand. A DP-SGD run of ``R`` rounds, ``E`` local epochs, expected batch size
 ``B`` over ``N`` examples is a Poisson-subsampled Gaussian mechanism with sample rate
-``q = B / N`` composed ``R * E * ceil(N / B)`` times.
+``q = 1 / ceil(N / B)`` composed ``R * E * ceil(N / B)`` times. That sample rate is
+Opacus' own (its Poisson loader draws ``ceil(N / B)`` batches of rate ``1 / len(loader)``):
+:func:`sample_rate` is the one rule the planner, the site's privacy check, its training
+and its ledger all use, so a site spends exactly what it was planned to spend.
 
-``q = B / N`` is at least Opacus' own ``1 / ceil(N / B)``, so a plan made here is never
-less private than the training it describes.
+A one-shot release (the ``dp-stats`` head's statistics) is the Gaussian mechanism once:
+sample rate 1, one step (:func:`one_shot_noise`).
 
 Opacus (and so torch) is imported inside the functions that need it: importing
 ``common`` stays cheap for roles that never plan.
@@ -39,7 +42,7 @@ class PrivacyPlan:
     """The noise a run needs to stay within a target epsilon, and what it spends per round."""
 
     noise_multiplier: float  # DP-SGD noise multiplier reaching the target after the last round
-    sample_rate: float  # Poisson sample rate, batch size / examples
+    sample_rate: float  # Poisson sample rate, 1 / ceil(examples / batch size) (Opacus' rule)
     steps_per_round: int  # optimizer steps in one round: epochs * ceil(examples / batch size)
     epsilon_per_round: list[float]  # cumulative epsilon after round 1, 2, ..., R
     delta: float  # the delta every epsilon is stated at
@@ -51,6 +54,11 @@ class PrivacyPlan:
         out = asdict(self)
         out["rounds"] = len(self.epsilon_per_round)
         return out
+
+
+def sample_rate(examples: int, batch_size: int) -> float:
+    """Opacus' Poisson sample rate for ``examples`` at expected batch ``batch_size``: ``1 / ceil(N / B)``."""
+    return 1.0 / math.ceil(examples / min(batch_size, examples))
 
 
 def check_accountant(name: str) -> str:
@@ -204,7 +212,7 @@ def plan(
     check_accountant(accountant)
     from opacus.accountants.utils import get_noise_multiplier
 
-    sample_rate = batch_size / examples
+    q = sample_rate(examples, batch_size)
     steps_per_round = epochs * math.ceil(examples / batch_size)
     try:
         with warnings.catch_warnings():
@@ -212,17 +220,17 @@ def plan(
             # that is expected while bracketing and says nothing about the final noise.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             noise = get_noise_multiplier(
-                target_epsilon=float(target_epsilon), target_delta=float(delta), sample_rate=sample_rate,
+                target_epsilon=float(target_epsilon), target_delta=float(delta), sample_rate=q,
                 steps=rounds * steps_per_round, accountant=accountant, epsilon_tolerance=epsilon_tolerance,
             )
     except ValueError as e:
         raise ConfigError(f"target epsilon {target_epsilon} cannot be reached at delta {delta}: {e}") from e
     epsilons = _epsilons_per_round(
-        noise, sample_rate, steps_per_round=steps_per_round, rounds=rounds, delta=delta, accountant=accountant
+        noise, q, steps_per_round=steps_per_round, rounds=rounds, delta=delta, accountant=accountant
     )
     logger.debug("planned noise %.4f for epsilon %.3f over %d rounds", noise, epsilons[-1], rounds)
     return PrivacyPlan(
-        noise_multiplier=float(noise), sample_rate=sample_rate, steps_per_round=steps_per_round,
+        noise_multiplier=float(noise), sample_rate=q, steps_per_round=steps_per_round,
         epsilon_per_round=epsilons, delta=float(delta), accountant=accountant, target_epsilon=float(target_epsilon),
     )
 
@@ -237,6 +245,48 @@ def run_noise(cfg: RunConfig, *, rounds: int, epochs: int, batch_size: int, exam
         return cfg.noise_multiplier
     return plan(rounds=rounds, epochs=epochs, batch_size=batch_size, examples=examples,
                 target_epsilon=cfg.target_epsilon, delta=cfg.delta, accountant=cfg.accountant).noise_multiplier
+
+
+def one_shot_noise(target_epsilon: float, *, delta: float, accountant: str = "rdp", prior: Sequence[HistoryEntry] = ()
+                   ) -> float:
+    """Noise multiplier of one Gaussian release (sample rate 1, one step) that brings epsilon to ``target_epsilon``.
+
+    ``prior``: what the same run already spent (its history composes with the release).
+    """
+    return noise_for_target(target_epsilon, sample_rate=1.0, steps=1, delta=delta, accountant=accountant, prior=prior)
+
+
+def noise_for_target(target_epsilon: float, *, sample_rate: float, steps: int, delta: float, accountant: str = "rdp",
+                     prior: Sequence[HistoryEntry] = (), tolerance: float = 0.01) -> float:
+    """The smallest noise multiplier whose ``steps`` steps at ``sample_rate``, after ``prior``, stay within the target.
+
+    Bisection on the accountant's own epsilon of the composed history (Opacus'
+    ``get_noise_multiplier`` cannot start from a prior history).
+    """
+    if not (isinstance(target_epsilon, int | float) and 0 < target_epsilon < math.inf):
+        raise ConfigError(f"target epsilon must be a positive number, got {target_epsilon!r}")
+    check_accountant(accountant)
+    prior = list(prior)
+
+    def eps(sigma: float) -> float:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return history_epsilon([*prior, (sigma, sample_rate, steps)], delta=delta, accountant=accountant)
+
+    if history_epsilon(prior, delta=delta, accountant=accountant) >= target_epsilon:
+        raise ConfigError(f"target epsilon {target_epsilon:g} is already spent before this release")
+    lo, hi = 0.05, 1.0
+    while eps(hi) > target_epsilon:
+        lo, hi = hi, hi * 2
+        if hi > 1e4:
+            raise ConfigError(f"target epsilon {target_epsilon:g} cannot be reached at delta {delta:g}")
+    while hi - lo > 1e-4 and eps(hi) < target_epsilon - tolerance:
+        mid = (lo + hi) / 2
+        if eps(mid) > target_epsilon:
+            lo = mid
+        else:
+            hi = mid
+    return float(hi)
 
 
 def noise_statement(*, dp: bool, reproducible_noise: bool) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """Flower ServerApp: a thin adapter that sets up a run and hands it to :mod:`server.loop`.
 
 ``app`` is what ``[tool.flwr.app.components]`` names for deployments; its run config is
-``[tool.flwr.app.config]`` plus the server-only keys ``catalog`` (path to catalog.json)
-and ``checkpoint-dir``. Simulations build their own app with :func:`build_server_app`.
+``[tool.flwr.app.config]`` plus the server-only keys ``catalog`` (path to catalog.json),
+``checkpoint-dir`` and ``encoder-file`` (the public encoder a run with a head uses; its
+SHA-256 becomes the run-config ``encoder`` the sites check). Simulations build their own
+app with :func:`build_server_app`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context
@@ -32,7 +35,7 @@ from server.strategy import (
 
 logger = logging.getLogger(__name__)
 
-SERVER_KEYS = ("catalog", "checkpoint-dir")
+SERVER_KEYS = ("catalog", "checkpoint-dir", "encoder-file")
 
 
 @dataclass
@@ -42,15 +45,46 @@ class RunSetup:
     config: RunConfig | None = None  # None: parse context.run_config
     catalog: Catalog | None = None  # None: run config key ``catalog``
     checkpoint_dir: Path | None = None  # None: run config key ``checkpoint-dir`` (or no checkpoints)
+    encoder: Any = None  # the public FrozenEncoder (None: run config key ``encoder-file``, when the run has a head)
     evaluate_fn: EvaluateFn | None = None  # central evaluation (simulations only: the server has no images)
     on_round_end: RoundHook | None = None
     final: LoopState | None = field(default=None, init=False)  # set when the run ends
 
 
-def initial_arrays(cfg: RunConfig, catalog: Catalog) -> ArrayRecord:
+def initial_arrays(cfg: RunConfig, catalog: Catalog, encoder: Any = None) -> ArrayRecord:
+    """The round-1 global model: the end-to-end model, or the head on the public encoder's features."""
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, num_classes=len(catalog), image_size=cfg.image_size)
-    return ArrayRecord(model.state_dict())
+    if not cfg.uses_encoder:
+        model = build_model(cfg.model, num_classes=len(catalog), image_size=cfg.image_size)
+        return ArrayRecord(model.state_dict())
+    if encoder is None:
+        raise ConfigError(f"head = {cfg.head} needs the public encoder (server.toml encoder, or --encoder)")
+    from common.models.heads import EncoderClassifier, HeadConfig, build_head
+
+    head = build_head(HeadConfig("mlp" if cfg.head == "mlp" else "linear", encoder.dim, len(catalog)))
+    if cfg.head == "finetune":
+        return ArrayRecord(EncoderClassifier(encoder, head).state_dict())
+    return ArrayRecord(head.state_dict())
+
+
+def _encoder(setup: RunSetup, cfg: RunConfig, run_config: dict) -> tuple[RunConfig, Any]:
+    """The run's public encoder; fills run-config ``encoder`` with its hash when the run left it empty."""
+    if not cfg.uses_encoder:
+        return cfg, None
+    encoder = setup.encoder
+    if encoder is None:
+        if not run_config.get("encoder-file"):
+            raise ConfigError(f"head = {cfg.head} needs the public encoder: set encoder in server.toml "
+                              "(run config key encoder-file)")
+        from common.encoders import load_encoder
+
+        encoder = load_encoder(Path(str(run_config["encoder-file"])), expected_sha256=cfg.encoder or None)
+    if cfg.encoder and cfg.encoder != encoder.sha256:
+        raise ConfigError(f"the run names encoder {cfg.encoder[:12]} but the server's encoder is {encoder.sha256[:12]}")
+    if encoder.config.image_size != cfg.image_size:
+        raise ConfigError(f"the encoder takes {encoder.config.image_size}-pixel crops; the run's image-size is "
+                          f"{cfg.image_size}")
+    return cfg.replace(encoder=encoder.sha256), encoder
 
 
 def _resolve(setup: RunSetup, context: Context) -> tuple[RunConfig, Catalog, Path | None]:
@@ -70,8 +104,9 @@ def _resolve(setup: RunSetup, context: Context) -> tuple[RunConfig, Catalog, Pat
 def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
     """Run (or resume) a federated training and return its final state."""
     cfg, catalog, ckpt_dir = _resolve(setup, context)
+    cfg, encoder = _encoder(setup, cfg, dict(context.run_config))
     meta = {"config": cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint(), "strategy": cfg.strategy}
-    state = LoopState(arrays=initial_arrays(cfg, catalog))
+    state = LoopState(arrays=initial_arrays(cfg, catalog, encoder))
     strategy = build_strategy(cfg)
     previous = load_checkpoint(ckpt_dir) if ckpt_dir else None
     if previous is not None:

@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=Path, required=True, metavar="CHECKPOINT_DIR", help="the run's checkpoint folder")
     p.add_argument("--out", type=Path, required=True, metavar="RELEASE", help="release folder to write")
     p.add_argument("--catalog", type=Path, help="catalog.json (default: the server config's catalog)")
-    p.add_argument("--config", type=Path, help="server.toml (for its catalog)")
+    p.add_argument("--config", type=Path, help="server.toml (for its catalog and encoder)")
+    p.add_argument("--encoder", type=Path, help="the run's public encoder folder (default: the server config's)")
     p.add_argument("--preprocess", type=Path, help="preprocessing parameters JSON the sites used (default: defaults)")
     p.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
     return parser
@@ -262,9 +263,11 @@ def _export(args: argparse.Namespace) -> int:
     from common.preprocess_params import PreprocessParams
     from server.export import export_release
 
-    catalog_path = args.catalog
-    if catalog_path is None and args.config is not None:
-        catalog_path = _load(args).catalog
+    catalog_path, encoder = args.catalog, args.encoder
+    if args.config is not None:
+        server_cfg = _load(args)
+        catalog_path = catalog_path or server_cfg.catalog
+        encoder = encoder or server_cfg.encoder
     if catalog_path is None:
         raise ConfigError("give --catalog (or --config with a catalog)")
     preprocess = None
@@ -273,7 +276,8 @@ def _export(args: argparse.Namespace) -> int:
             preprocess = PreprocessParams.from_dict(json.loads(args.preprocess.read_text()))
         except (OSError, ValueError) as e:
             raise InvalidInputError(f"{args.preprocess} cannot be read: {type(e).__name__}") from e
-    out = export_release(args.run, args.out, Catalog.load(catalog_path), preprocess, onnx=not args.no_onnx)
+    out = export_release(args.run, args.out, Catalog.load(catalog_path), preprocess, onnx=not args.no_onnx,
+                         encoder_dir=encoder)
     info = json.loads((out / "model.json").read_text())
     print(f"release written to {out} ({info['model']}, {info['num_classes']} classes"
           f"{', model.onnx' if info.get('onnx', {}).get('exported') else ''})")

@@ -51,8 +51,12 @@ def export_release(
     *,
     calibration: Calibration | None = None,
     onnx: bool = True,
+    encoder_dir: Path | None = None,
 ) -> Path:
     """Write a release from the last checkpoint in ``checkpoint_dir``.
+
+    A run with a head needs its public encoder (``encoder_dir``; checked against the hash the
+    run recorded).
 
     ``config`` defaults to the run config stored in the checkpoint and ``preprocess`` to the
     default parameters at the run's image size. Raises ``ConfigError`` when the folder holds
@@ -90,7 +94,7 @@ def export_release(
 
         card["secure_aggregation"] = guarantee(cfg)
     return write_release(Path(out), arrays=ckpt.arrays, config=cfg, catalog=catalog, preprocess=params,
-                         summary=card, calibration=calibration, onnx=onnx)
+                         summary=card, calibration=calibration, onnx=onnx, encoder_dir=encoder_dir)
 
 
 # (exporter, dynamic batch axis) in the order tried; the last is the bedside fallback for

@@ -69,7 +69,9 @@ def run_rounds(
         record = RoundRecord(round=rnd)
         logger.info("round %d/%d: training", rnd, cfg.num_server_rounds)
         planned = strategy.configure_train(rnd, arrays, ConfigRecord(dict(send_config)), grid)
-        if cfg.secure_aggregation:
+        if cfg.stats_round(rnd):
+            new_arrays, verdicts = _stats_train(grid, rnd, arrays, planned, cfg, names)
+        elif cfg.secure_aggregation:
             new_arrays, verdicts = _secure_train(grid, context, rnd, arrays, planned, cfg, names)
         else:
             new_arrays, verdicts = _plain_train(grid, strategy, rnd, arrays, planned, cfg, names)
@@ -114,6 +116,22 @@ def _plain_train(
         logger.warning("round %d: no usable update; the global model is unchanged", rnd)
         return None, verdicts
     new_arrays, _ = strategy.aggregate_train(rnd, accepted)
+    return new_arrays, verdicts
+
+
+def _stats_train(
+    grid: Grid, rnd: int, arrays: ArrayRecord, planned: Iterable[Message], cfg: RunConfig, names: dict[int, str],
+) -> tuple[ArrayRecord | None, list[ReplyVerdict]]:
+    """The dp-stats round: sites release noised statistics once; their sum is solved for the global head."""
+    from server.stats_round import solve_global, validate_stats_replies
+
+    num_classes, dim = record_to_numpy(arrays)["weight"].shape
+    replies, senders = _exchange(grid, planned, cfg.round_timeout_s, names)
+    verdicts, accepted = validate_stats_replies(replies, num_classes=num_classes, dim=dim, solver=cfg.dp_stats_solver,
+                                                senders=senders)
+    new_arrays = solve_global(accepted, solver=cfg.dp_stats_solver, ridge=cfg.dp_stats_ridge)
+    if new_arrays is None:
+        logger.warning("round %d: no usable statistics; the global model is unchanged", rnd)
     return new_arrays, verdicts
 
 

@@ -31,10 +31,10 @@ import common
 from common.calibration import Calibration, save_calibration
 from common.catalog import Catalog
 from common.config import RunConfig
-from common.models import build_model
+from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
 from common.privacy_plan import noise_statement
-from common.release_files import Release, load_release
+from common.release_files import ENCODER_MODEL, Release, image_model, load_release
 
 __all__ = ["Release", "load_release", "model_card", "write_release"]
 
@@ -49,20 +49,20 @@ def write_release(
     summary: Mapping[str, Any] | None = None,
     calibration: Calibration | None = None,
     onnx: bool = True,
+    encoder_dir: Path | None = None,
 ) -> Path:
     """Write a release directory.
 
     ``summary`` (results.json content, or what ``export`` gathers from a checkpoint) feeds
     the model card; ``calibration`` is written as calibration.json (the identity when None);
     ``onnx`` also writes a parity-checked ``model.onnx`` when the onnx packages are installed.
+    A run with a head needs ``encoder_dir``: its ``encoder.pt`` and ``encoder.json`` are
+    copied in and checked against the run's hash, and ``model.pt`` holds the head.
     """
     out.mkdir(parents=True, exist_ok=True)
-    model = build_model(config.model, num_classes=len(catalog), image_size=config.image_size)
-    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-    model.eval()
-    torch.save(model.state_dict(), out / "model.pt")
+    state = arrays.to_torch_state_dict()
     info: dict[str, Any] = {
-        "model": config.model,
+        "model": ENCODER_MODEL if config.uses_encoder else config.model,
         "image_size": config.image_size,
         "num_classes": len(catalog),
         "catalog_fingerprint": catalog.fingerprint(),
@@ -70,6 +70,14 @@ def write_release(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config.to_flower(),
     }
+    if config.uses_encoder:
+        if encoder_dir is None:
+            raise ConfigError(f"a release of a run with head = {config.head} needs the public encoder")
+        _copy_encoder(Path(encoder_dir), out, config.encoder)
+        info.update({"head": config.head, "encoder_sha256": config.encoder})
+    model = image_model(info, len(catalog), state, encoder_dir=out)
+    model.eval()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "model.pt")
     if onnx:
         from server.export import ONNX_FILE, export_onnx
 
@@ -84,6 +92,21 @@ def write_release(
     (out / "preprocess.json").write_text(json.dumps(preprocess.to_dict(), indent=2) + "\n")
     (out / "model_card.md").write_text(model_card(info, catalog, summary or {}, calibration=cal))
     return out
+
+
+def _copy_encoder(src: Path, out: Path, sha256: str) -> None:
+    import shutil
+
+    from common.encoders import CARD, WEIGHTS, file_sha256
+
+    weights = src / WEIGHTS if src.is_dir() else src
+    if file_sha256(weights) != sha256:
+        raise ConfigError(f"the encoder file is not the run's encoder {sha256[:12]}")
+    if weights.resolve() != (out / WEIGHTS).resolve():
+        shutil.copyfile(weights, out / WEIGHTS)
+        card = weights.with_name(CARD)
+        if card.exists():
+            shutil.copyfile(card, out / CARD)
 
 
 # ------------------------------------------------------------------------ model card
@@ -117,7 +140,7 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
     lines = [f"# ImplantFL model card: {catalog.name} v{catalog.version}", "",
              f"Released {info['created']} with ImplantFL {info['implantfl_version']}.", "", INTENDED_USE]
     lines += ["## Model",
-              f"- architecture: `{info['model']}`, input {info['image_size']}x{info['image_size']} (1 channel)",
+              f"- architecture: {_architecture(info)}, input {info['image_size']}x{info['image_size']} (1 channel)",
               f"- catalog: {catalog.name} v{catalog.version} ({len(catalog)} classes, fingerprint {info['catalog_fingerprint']})",
               f"- training: {done} of {cfg['num-server-rounds']} rounds of `{cfg['strategy']}`, "
               f"{cfg['local-epochs']} local epoch(s) per round, batch {cfg['batch-size']}, learning rate {cfg['learning-rate']}",
@@ -132,6 +155,17 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
     lines += _privacy(summary.get("privacy", {}), reproducible=bool(cfg.get("reproducible-noise", False)))
     lines += _site_level(summary.get("client_level_privacy"), summary.get("secure_aggregation"))
     return "\n".join(lines) + "\n"
+
+
+def _architecture(info: Mapping[str, Any]) -> str:
+    if info["model"] != ENCODER_MODEL:
+        return f"`{info['model']}`"
+    how = {"dp-stats": "solved at the server from the sites' DP class statistics",
+           "dp-stats+linear": "solved from the sites' DP class statistics, then trained with DP-SGD",
+           "finetune": "the encoder and a linear head trained end to end with DP-SGD"}.get(
+        str(info.get("head")), "trained with DP-SGD at the sites")
+    return (f"public encoder `{str(info.get('encoder_sha256', ''))[:12]}` (frozen, pretrained on public data only; "
+            f"`encoder.json`) + `{info.get('head')}` head ({how})")
 
 
 def _calibration_line(cal: Calibration) -> str:

@@ -3,6 +3,7 @@
 Example::
 
     catalog = "catalog.json"            # consortium catalog (label space)
+    encoder = "encoder"                 # the public encoder (implantfl-sim pretrain --out encoder)
     checkpoint-dir = "runs/2025-pilot"  # per-round checkpoints; a run resumes from here
 
     [superlink]
@@ -33,9 +34,9 @@ from typing import Any
 from common.config import RunConfig
 from common.errors import ConfigError
 
-TOP_KEYS = ("catalog", "checkpoint-dir", "project-dir", "superlink", "run")
+TOP_KEYS = ("catalog", "checkpoint-dir", "encoder", "project-dir", "superlink", "run")
 SUPERLINK_KEYS = ("address", "port", "state-dir", "certs-dir")
-SERVER_RUN_KEYS = ("catalog", "checkpoint-dir")  # run-config keys only the ServerApp reads
+SERVER_RUN_KEYS = ("catalog", "checkpoint-dir", "encoder-file")  # run-config keys only the ServerApp reads
 DEFAULT_PORT = 9092
 CONNECTION_NAME = "implantfl"  # the [superlink.<name>] table the CLI writes for flwr
 
@@ -51,6 +52,7 @@ class ServerConfig:
     port: int = DEFAULT_PORT  # SuperLink HTTPS port (Fleet, Control and Runtime APIs)
     catalog: Path | None = None  # consortium catalog.json
     checkpoint_dir: Path | None = None  # the run's checkpoint folder (None: <state-dir>/checkpoint)
+    encoder: Path | None = None  # the public encoder folder (or encoder.pt) runs with a head use
     project_dir: Path | None = None  # the Flower app folder (pyproject.toml); None: this source tree
     run: Mapping[str, Any] = field(default_factory=dict)  # [run] overrides, kebab-case, validated
 
@@ -124,7 +126,7 @@ class ServerConfig:
         run = raw.get("run", {})
         if not isinstance(run, Mapping):
             raise ConfigError("[run] must be a table")
-        for key in SERVER_RUN_KEYS:
+        for key in (*SERVER_RUN_KEYS, "encoder"):
             if key in run:
                 raise ConfigError(f"[run] {key}: set it at the top level of the server config, not in [run]")
         for key, value in run.items():
@@ -144,6 +146,7 @@ class ServerConfig:
             certs_dir=_path(link.get("certs-dir", "certs"), base, "[superlink] certs-dir"),
             catalog=_opt_path(raw.get("catalog"), base, "catalog"),
             checkpoint_dir=_opt_path(raw.get("checkpoint-dir"), base, "checkpoint-dir"),
+            encoder=_opt_path(raw.get("encoder"), base, "encoder"),
             project_dir=_opt_path(raw.get("project-dir"), base, "project-dir"),
             run=dict(run),
         )

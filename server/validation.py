@@ -56,7 +56,7 @@ def site_of(msg: Message, senders: Mapping[str, str] | None = None) -> tuple[str
     return str(rec.get("name", node)), str(rec.get("status", "ok")), str(rec.get("reason", ""))
 
 
-def _metrics_of(msg: Message) -> dict[str, float]:
+def metrics_of(msg: Message) -> dict[str, float]:
     if msg.has_error() or not msg.content.metric_records:
         return {}
     records = msg.content.metric_records  # a secure round's reply also holds the protocol's own records
@@ -64,7 +64,7 @@ def _metrics_of(msg: Message) -> dict[str, float]:
     return {k: v for k, v in rec.items() if isinstance(v, int | float)}
 
 
-def _update_bytes(msg: Message) -> int:
+def update_bytes(msg: Message) -> int:
     if msg.has_error() or len(msg.content.array_records) != 1:
         return 0
     return payload_bytes(next(iter(msg.content.array_records.values())))
@@ -127,8 +127,8 @@ def validate_replies(
     verdicts = []
     for msg in replies:
         site, status, reason = site_of(msg, senders)
-        metrics = _metrics_of(msg)
-        sent = _update_bytes(msg)
+        metrics = metrics_of(msg)
+        sent = update_bytes(msg)
         if status == "ok":
             if not metrics or metrics.get("num-examples", 0) <= 0:
                 status, reason = "rejected", "no examples reported"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from common.errors import ImplantFLError
-from simulations import privacy_plan_cli
+from simulations import pretrain_cli, privacy_plan_cli
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -28,6 +28,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dp", action=argparse.BooleanOptionalAction, default=None, help="DP-SGD at every site")
     p.add_argument("--noise-multiplier", type=float)
     p.add_argument("--target-epsilon", type=float, help="plan the noise multiplier to reach this epsilon")
+    p.add_argument("--encoder", type=Path, help="public encoder folder (implantfl-sim pretrain --out DIR); "
+                   "default: the generated-design encoder, pretrained once and cached")
+    p.add_argument("--head", help="private part on the encoder: dp-stats (default), linear, mlp, dp-stats+linear, "
+                   "finetune, or none (train --model end to end)")
     p.add_argument("--reproducible-noise", action="store_true", default=None,
                    help="seed the DP noise from the run config (bit-reproducible runs; the noise then protects "
                         "nothing against whoever knows the seed)")
@@ -44,7 +48,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     for flag, key in (("model", "model"), ("strategy", "strategy"), ("rounds", "num-server-rounds"),
                       ("local_epochs", "local-epochs"), ("dp", "dp"), ("noise_multiplier", "noise-multiplier"),
                       ("target_epsilon", "target-epsilon"),
-                      ("reproducible_noise", "reproducible-noise")):
+                      ("reproducible_noise", "reproducible-noise"), ("head", "head")):
         value = getattr(args, flag, None)
         if value is not None:
             out[key] = value
@@ -61,7 +65,8 @@ def _options(args: argparse.Namespace, *, baseline: bool):  # noqa: ANN202
 
     return SimOptions(preset=args.preset, data=args.data, dataset=args.dataset, partition=args.partition,
                       body_part=args.body_part, sites=args.sites, overrides=_overrides(args), seed=args.seed,
-                      state_dir=args.state_dir, out=args.out, baseline=baseline, progress=not args.json, verbose=args.verbose)
+                      state_dir=args.state_dir, out=args.out, baseline=baseline, progress=not args.json, verbose=args.verbose,
+                      encoder=args.encoder)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -93,7 +98,9 @@ def cmd_centralized(args: argparse.Namespace) -> int:
     from simulations.centralized import train_centralized
     from simulations.report import write_results
 
-    prep = runner.prepare(_options(args, baseline=True))
+    opts = _options(args, baseline=True)
+    opts.overrides.setdefault("head", "none")  # the end-to-end model pooled; a run's results hold the head baselines
+    prep = runner.prepare(opts)
     data, test = runner.load_all(prep, progress=not args.json)
     from common.device import pick_device
 
@@ -147,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-baseline", action="store_true", help="skip the pooled baseline")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("centralized", help="pooled baseline on the same split")
+    p = sub.add_parser("centralized", help="the end-to-end model (--model) pooled on the same split "
+                       "(every run's results.json also holds its head baselines)")
     _add_run_flags(p)
     p.set_defaults(func=cmd_centralized)
 
@@ -158,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--markdown", action="store_true", help="a Markdown table (for reports and READMEs)")
     p.set_defaults(func=cmd_compare)
 
+    pretrain_cli.add_parser(sub)
     privacy_plan_cli.add_parser(sub)
     return parser
 

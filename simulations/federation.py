@@ -76,6 +76,7 @@ def simulated_sites(
     params: PreprocessParams,
     names: list[str] | None = None,
     policy: dict | None = None,
+    encoder_path: Path | None = None,
 ) -> list[SiteRuntime]:
     """One SiteRuntime per simulated site, each with its own ledger folder ``state_dir/<site>``."""
     chosen = names or list(fed.site_dirs)
@@ -88,6 +89,7 @@ def simulated_sites(
             state_dir=state_dir / name,
             preprocess=params,
             policy=policy,
+            encoder_path=encoder_path,
         )
         for name in chosen
     ]

@@ -9,6 +9,7 @@ Plots (each written only when the results hold its data):
 ``confusion.png``      confusion matrix of the final model on the global test set
 ``roc.png``            one-vs-rest ROC curves of the final model (results ``final.roc``)
 ``per_site.png``       each site's last validation accuracy (bar chart)
+``baselines.png``      federated top-1 beside every baseline of the run (bar chart)
 =====================  ==========================================================
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 PLOTS: dict[str, str] = {  # file -> caption in report.md, in report order
+    "baselines.png": "Federated model and baselines (global test set)",
     "accuracy.png": "Accuracy per round",
     "site_accuracy.png": "Validation accuracy per site and round",
     "per_site.png": "Per-site validation accuracy (last round)",
@@ -54,7 +56,7 @@ def write_plots(out: Path, results: dict[str, Any]) -> list[Path]:
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     written = []
-    for draw in (_accuracy, _site_series, _per_site, _confusion, _roc):
+    for draw in (_baselines, _accuracy, _site_series, _per_site, _confusion, _roc):
         written += draw(plots, results)
     return written
 
@@ -71,13 +73,36 @@ def _accuracy(plots: Path, results: dict[str, Any]) -> list[Path]:
         ys = [r["aggregate"].get(key, math.nan) for r in rounds]
         if any(not math.isnan(y) for y in ys):
             ax.plot(xs, ys, marker="o", label=label)
-    base = results.get("baseline", {}).get("centralized", {}).get("final", {}).get("accuracy")
-    if base is not None:
-        ax.axhline(base, color="grey", linestyle="--", label="centralised baseline (test)")
+    from simulations.baselines import best_pooled
+
+    name, base = best_pooled(results.get("baseline", {}))
+    if name:
+        ax.axhline(base, color="grey", linestyle="--", label=f"best pooled, no DP ({name})")
     ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="Accuracy per round")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return [_save(fig, plots / "accuracy.png")]
+
+
+def _baselines(plots: Path, results: dict[str, Any]) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    from simulations.baselines import baseline_rows
+
+    rows = [r for r in baseline_rows(results) if r["accuracy"] is not None]
+    if len(rows) < 2:
+        return []
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.2))
+    labels = [r["label"] + (f" (eps {r['epsilon']:.1f})" if r["dp"] else "") for r in rows]
+    colors = ["tab:blue" if r["name"] == "federated" else "tab:orange" if r["dp"] else "tab:grey" for r in rows]
+    ax.barh(range(len(rows)), [r["accuracy"] for r in rows], color=colors)
+    for i, r in enumerate(rows):
+        ax.text(min(r["accuracy"] + 0.01, 0.9), i, f"{r['accuracy']:.3f}", va="center")
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 1), xlabel="top-1 accuracy, global test set", title="Federated model and baselines")
+    ax.grid(axis="x", alpha=0.3)
+    return [_save(fig, plots / "baselines.png")]
 
 
 def _site_series(plots: Path, results: dict[str, Any]) -> list[Path]:
@@ -182,14 +207,20 @@ def _f(value: Any, digits: int = 4) -> str:
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """report.md: headline metrics, per-site and per-class tables, privacy, every plot."""
+    from simulations.baselines import baseline_rows
+
     final = results.get("final", {})
-    base = results.get("baseline", {}).get("centralized", {}).get("final", {})
     lines = [f"# ImplantFL run report: {results['config'].get('preset', '')}", ""]
-    lines += ["| | top-1 accuracy | top-3 accuracy | macro F1 | macro AUC | ECE |", "|---|---|---|---|---|---|"]
-    for name, m in (("federated", final), ("centralised baseline", base)):
-        if m:
-            lines.append(f"| {name} | {_f(m.get('accuracy'))} | {_f(m.get('top3_accuracy'))} | {_f(m.get('macro_f1'))} | "
-                         f"{_f(m.get('macro_auc'))} | {_f(m.get('ece'))} |")
+    lines += ["| | top-1 accuracy | top-3 accuracy | macro F1 | macro AUC | ECE | epsilon |", "|---|---|---|---|---|---|---|"]
+    for r in baseline_rows(results):
+        m = r["final"] or {}
+        eps = f"{r['epsilon']:.2f}" if r["dp"] else "no DP"
+        lines.append(f"| {r['label']} | {_f(r['accuracy'])} | {_f(m.get('top3_accuracy'))} | {_f(m.get('macro_f1'))} | "
+                     f"{_f(m.get('macro_auc'))} | {_f(m.get('ece'))} | {eps} |")
+    singles = results.get("baseline", {}).get("single_site", {})
+    if singles:
+        lines += ["", "Each site alone (DP at the same epsilon, same test set): " + ", ".join(
+            f"{site} {_f(v.get('accuracy'), 3)}" for site, v in sorted(singles.items())) + "."]
     binary = final.get("binary")
     if binary:
         lines += ["", f"Binary task: AUC {_f(binary['auc'])}, Cohen's kappa {_f(binary['kappa'])}, "

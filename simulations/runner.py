@@ -43,6 +43,7 @@ class SimOptions:
     state_dir: Path | None = None  # per-site privacy ledgers; default <out>/state
     out: Path | None = None  # run directory; default runs/<preset>-<timestamp>
     baseline: bool = True  # also train the pooled, non-private baseline
+    encoder: Path | None = None  # public encoder folder for a run with a head; None = the default (cached)
     progress: bool = True
     verbose: bool = False
 
@@ -57,6 +58,7 @@ class Prepared:
     params: PreprocessParams
     site_names: list[str]
     timing: dict[str, float]
+    encoder_dir: Path | None = None  # the run's public encoder (runs with a head)
 
 
 def prepare(opts: SimOptions) -> Prepared:
@@ -85,10 +87,13 @@ def prepare(opts: SimOptions) -> Prepared:
     if cfg.min_available_sites > n or cfg.min_fit_sites > n:
         cfg = cfg.replace(min_available_sites=min(cfg.min_available_sites, n), min_fit_sites=min(cfg.min_fit_sites, n))
     key = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:12]
+    from simulations.head_run import resolve_encoder
+
+    cfg, encoder_dir = resolve_encoder(cfg, opts.encoder, progress=opts.progress, timing=timing)
     return Prepared(
         cfg=cfg, fed=fed, out=out, state_dir=opts.state_dir or out / "state",
         cache_dir=default_cache_root() / "preprocessed" / key, params=PreprocessParams(image_size=cfg.image_size),
-        site_names=names, timing=timing,
+        site_names=names, timing=timing, encoder_dir=encoder_dir,
     )
 
 
@@ -133,36 +138,28 @@ def run(opts: SimOptions) -> dict[str, Any]:
     data, test = load_all(prep, progress=opts.progress)
     # The researcher owns the simulated sites: a run without DP, or with reproducible noise, gets sites
     # whose policy allows it (a real site's default policy refuses both).
-    policy = simulated_policy(prep.cfg)
     sites = simulated_sites(prep.fed, state_dir=prep.state_dir, cache_dir=prep.cache_dir, params=prep.params,
-                            names=prep.site_names, policy=policy)
-    device = pick_device()
+                            names=prep.site_names, policy=simulated_policy(prep.cfg), encoder_path=prep.encoder_dir)
     torch.set_num_threads(1)
-    x_test, y_test = test.x, test.y
+    catalog = prep.fed.catalog
+    hd = None
+    if prep.cfg.uses_encoder and prep.cfg.head != "finetune":
+        from simulations.head_run import head_data
 
-    from client.train import evaluate
-    from common.models import build_model
-    from common.weights import load_record
+        hd = head_data(prep.cfg, prep.encoder_dir, data, test, prep.cache_dir, prep.params, prep.timing)
+    final_model = _final_model_fn(prep, hd)
 
     def evaluate_fn(_rnd: int, arrays: Any) -> dict[str, float]:
-        model = build_model(prep.cfg.model, num_classes=len(prep.fed.catalog), image_size=prep.cfg.image_size)
-        load_record(model, arrays)
-        res = evaluate(model, x_test, y_test, device=device)
+        res = final_model(arrays)
         return {"accuracy": res.accuracy, "loss": res.loss}
 
-    final_state = _simulate(prep, sites, evaluate_fn, opts)
-    prep.timing["federation_s"] = final_state[1]
-    state = final_state[0]
+    state, prep.timing["federation_s"] = _simulate(prep, sites, evaluate_fn, opts)
 
     from common.metrics import classification_summary
 
-    model = build_model(prep.cfg.model, num_classes=len(prep.fed.catalog), image_size=prep.cfg.image_size)
-    load_record(model, state.arrays)
-    res = evaluate(model, x_test, y_test, device=device)
-    final = classification_summary(res.labels, res.probs, prep.fed.catalog.ids)
-    from common.calibration import fit_from_splits
-
-    calibration = fit_from_splits(model, [d.val() for d in data.values()])
+    res = final_model(state.arrays)
+    final = classification_summary(res.labels, res.probs, catalog.ids)
+    calibration = _calibration(prep, hd, data, state.arrays)
 
     results: dict[str, Any] = {
         "out": str(prep.out),
@@ -172,13 +169,19 @@ def run(opts: SimOptions) -> dict[str, Any]:
         "rounds": state.history.to_list(),
         "final": final,
     }
+    if prep.encoder_dir is not None:
+        from common.encoders import read_card
+
+        card = read_card(prep.encoder_dir)
+        results["encoder"] = {"sha256": card.sha256, "arch": card.arch, "dim": card.dim, "source": card.source,
+                              "excludes": card.excludes, "projection": card.projection, "timing": card.timing}
     from simulations.datasets import read_studies
 
     studies = read_studies(prep.fed.test_dir)
     if studies:  # MURA-like data: the study's table, study level, per body part
         from simulations.studies import by_body_part
 
-        results["final_by_body_part"] = by_body_part(test.files, res.probs, res.labels, studies, prep.fed.catalog.ids)
+        results["final_by_body_part"] = by_body_part(test.files, res.probs, res.labels, studies, catalog.ids)
     if prep.cfg.dp:
         results["privacy"] = privacy_summary(state.history.to_list(), prep.cfg)
     results["dp_noise"] = noise_statement(dp=prep.cfg.dp, reproducible_noise=prep.cfg.reproducible_noise)
@@ -191,18 +194,76 @@ def run(opts: SimOptions) -> dict[str, Any]:
 
         results["secure_aggregation"] = guarantee(prep.cfg)
     if opts.baseline:
-        from simulations.centralized import train_centralized
-
-        base = train_centralized([d.train() for d in data.values()], (x_test, y_test), prep.cfg, prep.fed.catalog.ids, device=device,
-                                 progress=opts.progress)
-        prep.timing["baseline_s"] = base.wall_s
-        results["baseline"] = {"centralized": {"final": base.final, "accuracy_per_epoch": base.accuracy_per_epoch,
-                                               "train_examples": base.train_examples, "dp": False}}
+        results["baseline"] = _baselines(prep, hd, data, test, progress=opts.progress)
     prep.timing["wall_s"] = time.monotonic() - t_start
     results["calibration"] = calibration.to_dict()
     results["timing"] = prep.timing
     write_outputs(prep, state.arrays, results, calibration)
     return results
+
+
+def _final_model_fn(prep: Prepared, hd: Any) -> Any:
+    """arrays -> EvalResult of the global model on the test set (head on features, or a model on images)."""
+    from client.train import evaluate
+    from common.device import pick_device
+    from common.release_files import image_model
+
+    catalog = prep.fed.catalog
+    if hd is not None:
+        from simulations.head_run import evaluate_head
+
+        return lambda arrays: evaluate_head(prep.cfg, hd, len(catalog), arrays)
+    info = _model_info(prep)
+    test_data = {}
+
+    def fn(arrays: Any) -> Any:
+        if not test_data:
+            from client.site_data import load_site
+
+            test_data["t"] = load_site(prep.fed.test_dir, catalog=catalog, params=prep.params,
+                                       cache_dir=prep.cache_dir / "_test", val_fraction=0.0)
+        model = image_model(info, len(catalog), arrays.to_torch_state_dict(), encoder_dir=prep.encoder_dir)
+        return evaluate(model, test_data["t"].x, test_data["t"].y, device=pick_device())
+
+    return fn
+
+
+def _model_info(prep: Prepared) -> dict[str, Any]:
+    from common.release_files import ENCODER_MODEL
+
+    if prep.cfg.uses_encoder:
+        return {"model": ENCODER_MODEL, "image_size": prep.cfg.image_size, "head": prep.cfg.head,
+                "encoder_sha256": prep.cfg.encoder}
+    return {"model": prep.cfg.model, "image_size": prep.cfg.image_size}
+
+
+def _calibration(prep: Prepared, hd: Any, data: dict[str, Any], arrays: Any) -> Any:
+    from common.calibration import fit_from_splits
+    from common.release_files import image_model
+
+    if hd is not None:
+        from simulations.head_run import calibrate
+
+        return calibrate(prep.cfg, hd, len(prep.fed.catalog), arrays)
+    model = image_model(_model_info(prep), len(prep.fed.catalog), arrays.to_torch_state_dict(),
+                        encoder_dir=prep.encoder_dir)
+    return fit_from_splits(model, [d.val() for d in data.values()])
+
+
+def _baselines(prep: Prepared, hd: Any, data: dict[str, Any], test: Any, *, progress: bool) -> dict[str, Any]:
+    """The run's baselines: on features for a head (pooled, pooled_dp, single_site, pooled_cnn), else the pooled model."""
+    from common.device import pick_device
+    from simulations.centralized import train_centralized
+
+    if hd is not None:
+        from simulations.head_run import baselines
+
+        return baselines(prep.cfg, hd, prep.fed.catalog.ids, data, test, progress=progress, timing=prep.timing)
+    base = train_centralized([d.train() for d in data.values()], (test.x, test.y), prep.cfg, prep.fed.catalog.ids,
+                             device=pick_device(), progress=progress)
+    prep.timing["baseline_s"] = base.wall_s
+    return {"pooled": {"final": base.final, "accuracy_per_epoch": base.accuracy_per_epoch,
+                       "train_examples": base.train_examples, "dp": False, "epsilon": 0.0, "model": prep.cfg.model}}
 
 
 def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -> tuple[Any, float]:
@@ -214,7 +275,7 @@ def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -
     progress_ctx = _round_progress(prep.cfg.num_server_rounds) if opts.progress else nullcontext(None)
     with progress_ctx as bar:
         setup = RunSetup(
-            config=prep.cfg, catalog=prep.fed.catalog, checkpoint_dir=prep.out / "checkpoint",
+            config=prep.cfg, catalog=prep.fed.catalog, encoder=_encoder(prep), checkpoint_dir=prep.out / "checkpoint",
             evaluate_fn=evaluate_fn, on_round_end=(lambda rec, _a: bar(rec)) if bar else None,
         )
         backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.5 if pick_device().type == "cuda" else 0.0},
@@ -234,6 +295,14 @@ def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -
     if setup.final is None:
         raise RuntimeError("the simulated federation ended without a result; rerun with --verbose for Flower's logs")
     return setup.final, time.monotonic() - t0
+
+
+def _encoder(prep: Prepared) -> Any:
+    if prep.encoder_dir is None:
+        return None
+    from common.encoders import load_encoder
+
+    return load_encoder(prep.encoder_dir, expected_sha256=prep.cfg.encoder)
 
 
 def _round_progress(total: int):  # noqa: ANN202
@@ -294,6 +363,6 @@ def write_outputs(prep: Prepared, arrays: Any, results: dict[str, Any], calibrat
 
     write_results(prep.out, results)
     write_release(prep.out / "release", arrays=arrays, config=prep.cfg, catalog=prep.fed.catalog,
-                  preprocess=prep.params, summary=results, calibration=calibration)
+                  preprocess=prep.params, summary=results, calibration=calibration, encoder_dir=prep.encoder_dir)
     write_plots(prep.out, results)
     write_report(prep.out, results)

@@ -15,22 +15,29 @@ def print_summary(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    final = results["final"]
-    base = results.get("baseline", {}).get("centralized", {}).get("final")
+    from simulations.baselines import baseline_rows, best_pooled
+
+    rows = baseline_rows(results)
     table = Table(title="ImplantFL run summary", show_header=True)
-    table.add_column("")
-    table.add_column("top-1 accuracy", justify="right")
-    table.add_column("top-3 accuracy", justify="right")
-    table.add_column("macro F1", justify="right")
-    dp = "DP-SGD" if results["config"].get("dp") else "no DP"
-    table.add_row(f"federated ({dp}, {len(results['config'].get('sites', []))} sites)", f"{final['accuracy']:.4f}",
-                  f"{final['top3_accuracy']:.4f}", f"{final['macro_f1']:.4f}")
-    if base:
-        table.add_row("centralised baseline (pooled, no DP)", f"{base['accuracy']:.4f}", f"{base['top3_accuracy']:.4f}",
-                      f"{base['macro_f1']:.4f}")
+    for col in ("", "top-1 accuracy", "top-3 accuracy", "macro F1", "epsilon"):
+        table.add_column(col, justify="right" if col else "left")
+    config = results["config"]
+    route = f"{config.get('head')} head on a public encoder" if config.get("head", "none") != "none" else config.get("model", "")
+    for r in rows:
+        final = r["final"] or {}
+        label = (f"federated ({route}, {'DP' if r['dp'] else 'no DP'}, {len(config.get('sites', []))} sites)"
+                 if r["name"] == "federated" else r["label"])
+        eps = f"{r['epsilon']:.2f}" if r["dp"] else "-"
+        table.add_row(label, _fmt(r["accuracy"]), _fmt(final.get("top3_accuracy")), _fmt(final.get("macro_f1")), eps)
     console.print(table)
-    if base and base["accuracy"] > 0:
-        console.print(f"federated / centralised accuracy: [bold]{final['accuracy'] / base['accuracy']:.3f}[/bold]")
+    name, best = best_pooled(results.get("baseline", {}))
+    fed = results["final"]["accuracy"]
+    if name and best > 0:
+        console.print(f"federated / best pooled non-private ({name}): [bold]{fed / best:.3f}[/bold]")
+    singles = [r for r in rows if r["name"] == "single_site"]
+    if singles:
+        verdict = "beats" if fed > singles[0]["accuracy"] else "does not beat"
+        console.print(f"the federation {verdict} the best single site ({singles[0]['accuracy']:.4f})")
     parts = results.get("final_by_body_part")
     if parts:
         bt = Table(title="Federated model per body part (study = mean of its views)")
@@ -51,9 +58,16 @@ def print_summary(results: dict[str, Any]) -> None:
                        str(p["rounds_refused"]))
         console.print(pt)
     timing = results.get("timing", {})
+    extra = "".join(f", {label} {timing[key]:.0f} s" for key, label in (
+        ("pretrain_s", "encoder pretraining"), ("features_s", "features"), ("baseline_cnn_s", "CNN baseline"))
+        if key in timing)
     console.print(f"wall time {timing.get('wall_s', math.nan):.1f} s "
-                  f"(federation {timing.get('federation_s', math.nan):.1f} s); results in [bold]{results.get('out', '')}[/bold]"
+                  f"(federation {timing.get('federation_s', math.nan):.1f} s{extra}); results in [bold]{results.get('out', '')}[/bold]"
                   " (results.json, report.md, plots/, release/)")
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) and not math.isnan(value) else "-"
 
 
 def compare_runs(runs: list[Path]) -> list[dict[str, Any]]:
@@ -79,11 +93,18 @@ def compare_runs(runs: list[Path]) -> list[dict[str, Any]]:
             "accuracy": res.get("final", {}).get("accuracy"),
             "macro_f1": res.get("final", {}).get("macro_f1"),
             "macro_auc": res.get("final", {}).get("macro_auc"),
-            "baseline_accuracy": res.get("baseline", {}).get("centralized", {}).get("final", {}).get("accuracy"),
+            "baseline_accuracy": _best_baseline(res),
             "max_epsilon": max((p["epsilon"] for p in privacy.values()), default=None),
             "wall_s": res.get("timing", {}).get("wall_s"),
         })
     return rows
+
+
+def _best_baseline(res: dict[str, Any]) -> float | None:
+    from simulations.baselines import best_pooled
+
+    name, acc = best_pooled(res.get("baseline", {}))
+    return acc if name else None
 
 
 COMPARE_COLUMNS = ["run", "preset", "mode", "model", "strategy", "local_loss", "dp", "sites", "rounds", "accuracy",

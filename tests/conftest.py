@@ -55,3 +55,18 @@ def one_thread_per_module() -> Iterator[None]:
     """One intra-op torch thread for a whole module (its module-scoped fixtures train models too)."""
     with torch_threads(1):
         yield
+
+
+# A small public encoder for every test that runs the default route (a head on the encoder): generated designs,
+# 64-pixel crops, pretrained once per session (about a minute on 2 cores). TEST_ENCODER sizes it.
+TEST_ENCODER = {"designs": 250, "images_per_design": 6, "epochs": 10}
+
+
+@pytest.fixture(scope="session")
+def public_encoder(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - Path
+    from simulations.pretrain.pipeline import PretrainOptions, pretrain
+
+    root = tmp_path_factory.mktemp("public-encoder")
+    with torch_threads(2):
+        pretrain(PretrainOptions(out=root / "encoder", progress=False, cache_root=root / "cache", **TEST_ENCODER))
+    return root / "encoder"

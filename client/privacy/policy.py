@@ -51,6 +51,9 @@ class PrivacyPolicy:
     # accept runs whose DP noise is seeded from the run config (reproducible-noise): only a researcher's
     # simulated sites set this; the server could regenerate and subtract such noise
     allow_reproducible_noise: bool = False
+    # SHA-256 of the public encoders this site computes features with (empty = any encoder the run names,
+    # as long as the site's own encoder file has that hash)
+    allowed_encoders: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         checks = (
@@ -62,6 +65,9 @@ class PrivacyPolicy:
         for key, value, ok, expected in checks:
             if not ok(_number(key, value)):
                 raise ConfigError(f"privacy policy {key} must be {expected}, got {value!r}")
+        if isinstance(self.allowed_encoders, str) or not all(isinstance(h, str) for h in self.allowed_encoders):
+            raise ConfigError("privacy policy allowed-encoders must be a list of SHA-256 strings")
+        object.__setattr__(self, "allowed_encoders", tuple(h.strip().lower() for h in self.allowed_encoders))
         for key, flag in (("require-dp", self.require_dp), ("allow-reproducible-noise", self.allow_reproducible_noise)):
             if not isinstance(flag, bool):
                 raise ConfigError(f"privacy policy {key} must be true or false, got {type(flag).__name__}")

@@ -77,3 +77,10 @@ def harden_noise(optimizer: object) -> None:
     if not hasattr(optimizer, "secure_mode"):
         raise TypeError("not an Opacus DPOptimizer")
     optimizer.secure_mode = True  # type: ignore[attr-defined]
+
+
+def numpy_generator(*, seed: int | None = None):  # noqa: ANN201 - numpy.random.Generator
+    """A numpy generator for site-side noise (the dp-stats release): secret unless ``seed`` is given."""
+    import numpy as np
+
+    return np.random.Generator(np.random.PCG64(secrets.randbits(128) if seed is None else seed))

@@ -98,8 +98,12 @@ def prepare_overrides(cfg: ServerConfig, sets: Mapping[str, Any], *, declared: M
     catalog = Path(str(sets.pop("catalog"))).expanduser().resolve() if "catalog" in sets else cfg.catalog
     ckpt = (Path(str(sets.pop("checkpoint-dir"))).expanduser().resolve() if "checkpoint-dir" in sets
             else cfg.effective_checkpoint_dir)
+    encoder = Path(str(sets.pop("encoder-file"))).expanduser().resolve() if "encoder-file" in sets else cfg.encoder
     run = {**cfg.run, **sets}
-    effective_run_config(run, declared)  # fails now if the ServerApp would refuse it
+    run_cfg = effective_run_config(run, declared)  # fails now if the ServerApp would refuse it
+    extra: dict[str, Any] = {}
+    if run_cfg.uses_encoder:
+        extra = _encoder_keys(encoder, run_cfg)
     if catalog is None:
         raise ConfigError("no catalog: set `catalog = \"catalog.json\"` in the server config (or --set catalog=PATH)")
     try:
@@ -109,7 +113,25 @@ def prepare_overrides(cfg: ServerConfig, sets: Mapping[str, Any], *, declared: M
     for value in (str(catalog), str(ckpt)):
         if '"' in value or "\n" in value:
             raise ConfigError("catalog and checkpoint paths cannot contain quotes or newlines")
-    return {**run, "catalog": str(catalog), "checkpoint-dir": str(ckpt)}
+    return {**run, **extra, "catalog": str(catalog), "checkpoint-dir": str(ckpt)}
+
+
+def _encoder_keys(encoder: Path | None, run_cfg: RunConfig) -> dict[str, Any]:
+    """``encoder`` (its SHA-256, what the sites check) and ``encoder-file`` (what the ServerApp loads)."""
+    from common.encoders import WEIGHTS, file_sha256
+
+    if encoder is None:
+        raise ConfigError(f"head = {run_cfg.head} needs the public encoder: set `encoder = \"encoder\"` in the server "
+                          "config (implantfl-sim pretrain --out encoder), or head = \"none\" in [run]")
+    weights = encoder / WEIGHTS if encoder.is_dir() else encoder
+    if not weights.is_file():
+        raise ConfigError(f"the encoder {weights} does not exist (implantfl-sim pretrain --out DIR writes one)")
+    sha = file_sha256(weights)
+    if run_cfg.encoder and run_cfg.encoder != sha:
+        raise ConfigError(f"[run] encoder {run_cfg.encoder[:12]} is not the server's encoder file ({sha[:12]})")
+    if '"' in str(weights) or "\n" in str(weights):
+        raise ConfigError("the encoder path cannot contain quotes or newlines")
+    return {"encoder": sha, "encoder-file": str(weights)}
 
 
 def effective_run_config(overrides: Mapping[str, Any], declared: Mapping[str, Any]) -> RunConfig:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import tomli_w
 
@@ -40,9 +41,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cli(tool: str, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _cli(tool: str, *args: str, timeout: float = 120.0, check: bool = True,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(BIN / tool), *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, check=False)
+                          stdin=subprocess.DEVNULL, check=False, env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{tool} {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -121,7 +123,8 @@ def _site_toml(fed: Path, site_dir: Path, name: str, home: Path, port: int) -> P
     # budget that several test runs fit in.
     doc["privacy"] = {"require-dp": False, "max-epsilon": 50.0}
     doc["site"] = {"name": name, "data-dir": str(site_dir), "catalog": str(fed / "catalog.json"),
-                   "cache-dir": str(home / "cache"), "state-dir": str(home / "state")}
+                   "cache-dir": str(home / "cache"), "state-dir": str(home / "state"),
+                   "encoder": str(fed.parent / "encoder")}  # the consortium's public encoder, handed out like ca.crt
     doc["superlink"] = {"address": f"127.0.0.1:{port}"}
     doc["tls"] = {"root-certificates": "ca.crt"}
     doc["auth"] = {"private-key": "keys/site.key"}
@@ -138,6 +141,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     t0 = time.monotonic()
     generate(root / "fed", preset="smoke", seed=0)
     fed = root / "fed"
+    # A tiny public encoder at the tests' 32-pixel crops (seconds to pretrain): the default route's head runs on it.
+    _cli("implantfl-sim", "pretrain", "--out", str(root / "encoder"), "--designs", "24", "--images-per-design", "4",
+         "--epochs", "2", "--image-size", "32", "--json", timeout=300, env={"IMPLANTFL_CACHE": str(root / "cache")})
     generated_sites = sorted(p for p in (fed / "sites").iterdir() if p.is_dir())
     assert len(generated_sites) == 3, "the smoke preset has three sites"
     port = _free_port()
@@ -147,8 +153,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     server_toml.write_text(tomli_w.dumps({
         "catalog": str(fed / "catalog.json"),
         "checkpoint-dir": str(root / "ckpt-default"),
+        "encoder": str(root / "encoder"),
         "superlink": {"address": "127.0.0.1", "port": port, "state-dir": "state", "certs-dir": "certs"},
-        "run": {"num-server-rounds": 2, "round-timeout-s": 120.0},
+        # The robustness tests train the study CNN end to end for two rounds (head = none): what they check is the
+        # deployment; the default dp-stats route has its own tests below.
+        "run": {"num-server-rounds": 2, "round-timeout-s": 120.0, "head": "none"},
     }))
     _cli("implantfl-server", "certs", "--out", str(server_dir / "certs"), "--host", "fl.consortium.test")
     site_tomls = {}
@@ -299,6 +308,33 @@ def test_a_securely_aggregated_round_across_real_processes(deployment: Deploymen
     [rnd] = deployment.state(ckpt)["history"]
     assert rnd["aggregate"]["sites-used"] == 3
     assert all(rnd["sites"][name]["status"] == "ok" and rnd["sites"][name]["train-examples"] > 0 for name in SITES)
+
+
+# ---------------------------------------------------------------------- the default route, deployed
+def _dp_stats_run(deployment: Deployment, ckpt: str, *sets: str) -> dict[str, Any]:
+    """One deployed dp-stats round (the default head); returns the global head's weights."""
+    from server.checkpoint import load_checkpoint
+
+    proc = deployment.server("run", "--set", f"checkpoint-dir={deployment.root / ckpt}", "--set", "head=dp-stats",
+                             "--set", "num-server-rounds=1", "--set", "fraction-evaluate=0.0", *sets, *FAST,
+                             "--wait", "--timeout", "150", timeout=180)
+    assert "finished:completed" in proc.stdout, proc.stdout + proc.stderr
+    ckpt_state = load_checkpoint(deployment.root / ckpt)
+    assert ckpt_state is not None and ckpt_state.history.rounds[0].aggregate["sites-used"] == 3
+    return {k: v.numpy() for k, v in ckpt_state.arrays.items()}
+
+
+@pytest.mark.timeout(420)
+def test_deployed_dp_runs_of_one_config_differ_and_runs_without_dp_do_not(deployment: Deployment):
+    # Execute: the same run config twice with DP (each site's noise from its own OS entropy), twice without
+    t0 = time.monotonic()
+    dp_a, dp_b = (_dp_stats_run(deployment, f"ckpt-dp-{k}", "--set", "dp=true") for k in "ab")
+    plain_a, plain_b = (_dp_stats_run(deployment, f"ckpt-plain-{k}", "--set", "dp=false") for k in "ab")
+    deployment.timings["four_dp_stats_runs_s"] = time.monotonic() - t0
+    # Assert: the server could not have fixed the noise; without noise the sum is exact and reproducible
+    assert set(dp_a) == {"weight", "bias"}
+    assert not np.array_equal(dp_a["weight"], dp_b["weight"])
+    assert all(np.array_equal(plain_a[k], plain_b[k]) for k in plain_a)
 
 
 # ---------------------------------------------------------------------- robustness

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 CANARY = "CANARY^PATIENT"
 CLIP, NOISE = 0.05, 0.5
-OVERRIDES = {"num-server-rounds": 2, "local-epochs": 1, "client-dp": "fixed-client",
+OVERRIDES = {"head": "none", "num-server-rounds": 2, "local-epochs": 1, "client-dp": "fixed-client",
              "client-dp-noise": NOISE, "client-dp-clip": CLIP}
 
 

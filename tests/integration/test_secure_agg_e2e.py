@@ -21,7 +21,7 @@ from tests.integration.recording import recording_server_app
 
 pytestmark = pytest.mark.slow
 
-OVERRIDES = {"num-server-rounds": 1, "local-epochs": 1, "reproducible-noise": True}
+OVERRIDES = {"head": "none", "num-server-rounds": 1, "local-epochs": 1, "reproducible-noise": True}
 
 
 class RecordingGrid:

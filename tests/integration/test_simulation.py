@@ -1,8 +1,12 @@
-"""A real simulated federation (Flower simulation engine on Ray) on generated smoke data."""
+"""A real simulated federation (Flower simulation engine on Ray) on generated smoke data.
+
+The default route (a dp-stats head on the session's public encoder) and the study CNN end to end.
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,34 +16,34 @@ from simulations.runner import SimOptions, run
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path_factory, **overrides):
+def _run(tmp_path_factory, encoder=None, baseline=False, **overrides):  # noqa: ANN001, ANN202
     out = tmp_path_factory.mktemp("run")
     mp = pytest.MonkeyPatch()
     mp.setenv("IMPLANTFL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
     try:
-        results = run(SimOptions(preset="smoke", overrides=overrides, out=out, progress=False, baseline=False))
+        results = run(SimOptions(preset="smoke", overrides=overrides, out=out, progress=False, baseline=baseline,
+                                 encoder=encoder))
     finally:
         mp.undo()
     return out, results
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    """3 sites, 2 rounds, DP-SGD at every site."""
-    return _run(tmp_path_factory, **{"num-server-rounds": 2})
+def smoke_run(tmp_path_factory, public_encoder):
+    """3 sites, the default route: each releases DP class statistics of its encoder features once."""
+    return _run(tmp_path_factory, public_encoder, baseline=True)
 
 
 @pytest.fixture(scope="module")
-def smoke_run_again(tmp_path_factory):
+def smoke_run_again(tmp_path_factory, public_encoder):
     """The same run config as ``smoke_run``, run a second time."""
-    return _run(tmp_path_factory, **{"num-server-rounds": 2})
+    return _run(tmp_path_factory, public_encoder)
 
 
 @pytest.fixture(scope="module")
-def plain_runs(tmp_path_factory):
+def plain_runs(tmp_path_factory, public_encoder):
     """Two runs without DP and the same config."""
-    overrides = {"num-server-rounds": 1, "local-epochs": 1, "dp": False}
-    return _run(tmp_path_factory, **overrides), _run(tmp_path_factory, **overrides)
+    return _run(tmp_path_factory, public_encoder, dp=False), _run(tmp_path_factory, public_encoder, dp=False)
 
 
 def _weights(out):
@@ -50,15 +54,35 @@ def _weights(out):
 
 @pytest.fixture(scope="module")
 def learning_run(tmp_path_factory):
-    """3 sites, 3 rounds of 5 local epochs without DP: enough to see the global model learn."""
-    return _run(tmp_path_factory, **{"num-server-rounds": 3, "local-epochs": 5, "dp": False})
+    """The study CNN end to end: 3 sites, 3 rounds of 5 local epochs without DP, enough to see it learn."""
+    return _run(tmp_path_factory, **{"head": "none", "num-server-rounds": 3, "local-epochs": 5, "dp": False})
 
 
-def test_global_model_clearly_beats_chance(learning_run):
+def test_the_cnn_federation_without_dp_clearly_beats_chance(learning_run):
     _, results = learning_run
     n_classes = len(results["final"]["per_class"])
     assert results["final"]["accuracy"] > 2.0 / n_classes
     assert "privacy" not in results
+
+
+def test_the_smoke_federation_under_dp_beats_chance_three_times(smoke_run):
+    _, results = smoke_run
+    n_classes = len(results["final"]["per_class"])
+    assert results["config"]["head"] == "dp-stats" and results["config"]["dp"] is True
+    assert max(p["epsilon"] for p in results["privacy"].values()) <= 8.0
+    assert results["final"]["accuracy"] >= 3.0 / n_classes
+
+
+def test_a_run_with_a_head_reports_every_baseline_on_the_same_test_set(smoke_run):
+    _, results = smoke_run
+    base = results["baseline"]
+    assert {"pooled", "pooled_cnn", "pooled_dp", "single_site"} <= set(base)
+    assert base["pooled"]["dp"] is False and base["pooled_cnn"]["dp"] is False and base["pooled_dp"]["dp"] is True
+    assert 0 < base["pooled_dp"]["epsilon"] <= 8.0
+    assert set(base["single_site"]) == set(results["sites"])
+    tested = results["final"]["examples"]
+    assert all(b["final"]["examples"] == tested for k, b in base.items() if k != "single_site")
+    assert results["encoder"]["sha256"] == results["config"]["encoder"]
 
 
 def test_three_site_simulation_writes_the_run_directory(smoke_run):
@@ -66,7 +90,7 @@ def test_three_site_simulation_writes_the_run_directory(smoke_run):
     # results.json follows the design's schema.
     on_disk = json.loads((out / "results.json").read_text())
     assert {"config", "rounds", "final", "privacy", "timing"} <= set(on_disk)
-    assert [r["round"] for r in on_disk["rounds"]] == [1, 2]
+    assert [r["round"] for r in on_disk["rounds"]] == [1]
     assert len(on_disk["rounds"][0]["sites"]) == 3
     assert on_disk["timing"]["wall_s"] > 0
     assert (out / "release" / "model.pt").exists() and (out / "release" / "catalog.json").exists()
@@ -74,21 +98,32 @@ def test_three_site_simulation_writes_the_run_directory(smoke_run):
     assert (out / "report.md").exists()
 
 
-def test_every_site_spent_privacy_and_it_grows_per_round(smoke_run):
+def test_every_site_spent_its_one_release_and_no_more(smoke_run):
     _, results = smoke_run
     for site, p in results["privacy"].items():
         eps = [r["sites"][site]["epsilon"] for r in results["rounds"]]
-        assert eps == sorted(eps) and eps[0] > 0, site
+        assert len(eps) == 1 and 7.5 < eps[0] <= 8.0, site
         assert p["epsilon"] == pytest.approx(eps[-1])
-        assert p["steps"] > 0 and p["noise_multiplier"] > 0
+        assert p["steps"] == 1 and p["sample_rate"] == 1.0 and p["noise_multiplier"] > 0
 
 
-def test_release_loads_into_a_plain_model(smoke_run):
-    from server.release import load_release
+def test_the_release_on_test_images_scores_what_the_run_reported(smoke_run):
+    # Prepare: the release (encoder file + head) and the run's test images, preprocessed as the release says
+    import torch
 
-    out, _ = smoke_run
+    from client.site_data import load_site
+    from common.release_files import load_release
+
+    out, results = smoke_run
     rel = load_release(out / "release")
-    assert len(rel.catalog) == len(json.loads((out / "release" / "catalog.json").read_text())["classes"])
+    test = load_site(Path(results["config"]["data"]) / "test", catalog=rel.catalog, params=rel.preprocess,
+                     val_fraction=0.0)
+    # Execute: the released image model, end to end on the images
+    with torch.no_grad():
+        predicted = rel.model(torch.from_numpy(test.x)).argmax(1).numpy()
+    # Assert: the same top-1 as the run's own evaluation of its global head on the test features
+    assert rel.info["model"] == "encoder+head" and rel.info["encoder_sha256"] == results["config"]["encoder"]
+    assert float((predicted == test.y).mean()) == pytest.approx(results["final"]["accuracy"], abs=1e-9)
 
 
 def test_two_dp_runs_with_the_same_config_end_with_different_weights(smoke_run, smoke_run_again):

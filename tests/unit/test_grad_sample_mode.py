@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from client import task
+from client.training import settings as task
 from common import compression
 from common.config import COMPRESSIONS, GRAD_SAMPLE_MODES, RunConfig
 from common.errors import ConfigError

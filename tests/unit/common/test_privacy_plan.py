@@ -27,7 +27,7 @@ def test_plan_reaches_target_epsilon(rounds, epochs, batch, examples, target, de
     # Assert: never above the target, within the search tolerance of it
     assert result.epsilon_per_round[-1] <= target
     assert result.epsilon_per_round[-1] == pytest.approx(target, abs=0.01)
-    assert result.sample_rate == batch / examples
+    assert result.sample_rate == 1 / math.ceil(examples / batch)  # Opacus' rule, what training uses
     assert result.steps_per_round == epochs * math.ceil(examples / batch)
     assert len(result.epsilon_per_round) == rounds
     assert all(a < b for a, b in zip(result.epsilon_per_round, result.epsilon_per_round[1:], strict=False))
@@ -120,3 +120,30 @@ def test_cli_table_shows_noise_and_every_round(capsys):
     assert rc == 0
     assert f"{expected.noise_multiplier:.4f}" in out
     assert all(f"{eps:.3f}" in out for eps in expected.epsilon_per_round)
+
+
+@pytest.mark.parametrize(("examples", "batch"), [(110, 32), (160, 32), (7, 16), (1000, 20)])
+def test_the_planned_sample_rate_is_the_one_opacus_trains_with(examples, batch):
+    # Prepare: Opacus' Poisson loader over the same data and batch size
+    import torch
+    from opacus.data_loader import DPDataLoader
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from common.privacy_plan import sample_rate
+
+    loader = DataLoader(TensorDataset(torch.zeros(examples, 1)), batch_size=min(batch, examples))
+    # Execute
+    dp_loader = DPDataLoader.from_data_loader(loader)
+    # Assert: one rule for the plan and for training (110 images at batch 32: 0.25, not 0.29)
+    assert sample_rate(examples, batch) == pytest.approx(1 / len(dp_loader))
+    assert sample_rate(examples, batch) == pytest.approx(dp_loader.sample_rate)
+
+
+@pytest.mark.parametrize(("target", "prior"), [(8.0, ()), (2.0, ()), (8.0, ((3.0, 0.25, 40),))])
+def test_one_shot_noise_reaches_the_target_after_what_was_spent(target, prior):
+    from common.privacy_plan import history_epsilon, one_shot_noise
+
+    z = one_shot_noise(target, delta=1e-5, prior=prior)
+    spent = history_epsilon([*prior, (z, 1.0, 1)], delta=1e-5)
+    assert spent <= target
+    assert spent == pytest.approx(target, abs=0.02)
