@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.dp_stats import RELEASED, SOLVERS, FeatureStats, feature_stats, noised, sensitivity, solve_head
+from common.dp_stats import (
+    RELEASED,
+    SOLVERS,
+    FeatureStats,
+    feature_stats,
+    noised,
+    sensitivity,
+    solve_head,
+)
 
 
 def _unit(rng, n, d):  # noqa: ANN001, ANN202
