@@ -15,6 +15,14 @@ keeps its fastest run, so load from other processes mostly cancels in the ratios
 ``common.models.DP_GRAD_SAMPLE_MODE``, which should name the fastest valid mode found here).
 Writes ``benchmarks/results/dp_overhead.json``. ``--quick`` uses fewer images and
 repeats and leaves out ResNet-18 with functorch (about a minute per step).
+
+The private heads on a public encoder (the default route) get their own figures, on the
+largest hip-consortium site's cached data (300 images, 16-d features):
+``head_dp_stats_dp_over_plain_ratio`` is a site's whole dp-stats round after the encoder
+(the cached images and features loaded, the class statistics computed, then noised or
+not: the noise is the only difference), ``head_dp_stats_release_*_us`` the statistics alone,
+and ``head_linear_dp_over_plain_ratio`` one round of the linear head (2 epochs, batch 64)
+with Opacus DP-SGD against plain SGD.
 """
 
 from __future__ import annotations
@@ -101,7 +109,7 @@ def valid_modes(name: str, modes: list[str], model, state) -> tuple[list[str], d
 def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object]]:
     import torch
 
-    from client.task import grad_sample_mode
+    from client.training.settings import grad_sample_mode
     from common.config import RunConfig
     from common.models import build_model
 
@@ -154,12 +162,76 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
     return figures, units, params
 
 
+def head_figures(quick: bool) -> tuple[dict[str, float], dict[str, str]]:
+    """DP against plain for the private heads (see the module docstring)."""
+    import torch
+
+    from benchmarks._util import best_of
+    from client.data.features import site_features
+    from client.site_data import load_site
+    from client.train import TrainSettings, train_local
+    from client.training.stats_release import release
+    from common.encoders import load_encoder
+    from common.models.heads import HeadConfig, build_head
+    from simulations.pretrain.pipeline import ensure_default_encoder
+    from simulations.runner import SimOptions, prepare
+
+    prep = prepare(SimOptions(preset="hip-consortium", progress=False, overrides={"head": "none"}))
+    encoder = load_encoder(ensure_default_encoder(image_size=prep.cfg.image_size, progress=False))
+    site = max(prep.fed.site_dirs, key=lambda n: sum(1 for _ in (prep.fed.site_dirs[n] / "images").iterdir()))
+    classes = len(prep.fed.catalog)
+
+    def site_round(dp: bool) -> None:
+        data = load_site(prep.fed.site_dirs[site], catalog=prep.fed.catalog, params=prep.params,
+                         cache_dir=prep.cache_dir / site)
+        f = site_features(data, encoder, params=prep.params, cache_dir=prep.cache_dir / site).f
+        release(f[~data.is_val], data.y[~data.is_val], num_classes=classes, solver="cosine", noise_multiplier=0.64,
+                dp=dp)
+
+    site_round(False)  # builds the caches once
+    repeats = 5 if quick else 20
+    rounds = {False: float("inf"), True: float("inf")}
+    for _ in range(repeats):  # interleaved: load mostly cancels in the ratio
+        for dp in (False, True):
+            rounds[dp] = min(rounds[dp], best_of(lambda dp=dp: site_round(dp), 1))
+    data = load_site(prep.fed.site_dirs[site], catalog=prep.fed.catalog, params=prep.params,
+                     cache_dir=prep.cache_dir / site)
+    f = site_features(data, encoder, params=prep.params, cache_dir=prep.cache_dir / site).f
+    x, y = f[~data.is_val], data.y[~data.is_val]
+    stats = {dp: best_of(lambda dp=dp: release(x, y, num_classes=classes, solver="cosine", noise_multiplier=0.64,
+                                               dp=dp), 50 if quick else 300) for dp in (False, True)}
+    linear = {False: float("inf"), True: float("inf")}
+    for _ in range(3 if quick else 10):
+        for dp in (False, True):
+            head = build_head(HeadConfig("linear", encoder.dim, classes))
+            settings = TrainSettings(epochs=2, batch_size=64, optimizer="sgd", learning_rate=2.0, momentum=0.0, dp=dp,
+                                     noise_multiplier=3.0, augment=False, grad_sample_mode="hooks")
+            linear[dp] = min(linear[dp], best_of(lambda h=head, s=settings: train_local(h, x, y, s,
+                                                                                          device=torch.device("cpu")), 1))
+    figures = {
+        "head_dp_stats_site_round_plain_ms": round(rounds[False] * 1e3, 2),
+        "head_dp_stats_site_round_dp_ms": round(rounds[True] * 1e3, 2),
+        "head_dp_stats_dp_over_plain_ratio": round(rounds[True] / rounds[False], 3),
+        "head_dp_stats_release_plain_us": round(stats[False] * 1e6, 1),
+        "head_dp_stats_release_dp_us": round(stats[True] * 1e6, 1),
+        "head_dp_stats_release_dp_over_plain_ratio": round(stats[True] / stats[False], 3),
+        "head_linear_round_plain_ms": round(linear[False] * 1e3, 2),
+        "head_linear_round_dp_ms": round(linear[True] * 1e3, 2),
+        "head_linear_dp_over_plain_ratio": round(linear[True] / linear[False], 3),
+    }
+    units = {k: ("x" if "ratio" in k else "ms" if k.endswith("_ms") else "us") for k in figures}
+    return figures, units
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dp_overhead", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats, no ResNet-18 functorch (< 2 min)")
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     figures, units, params = run(args.quick)
+    head, head_units = head_figures(args.quick)
+    figures.update(head)
+    units.update(head_units)
     params["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
     for name, value in figures.items():
         print(f"{name:>40}: {value:10.3f} {units[name]}")

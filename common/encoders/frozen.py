@@ -76,8 +76,9 @@ class FrozenEncoder(nn.Module):
     def cam_layer(self) -> nn.Module:
         return self.backbone.cam_layer
 
-    def train(self, mode: bool = True) -> FrozenEncoder:  # noqa: ARG002 - frozen: always eval
-        return super().train(False)
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        """Frozen: always eval, unless made trainable (``requires_grad_(True)``, the finetune head)."""
+        return super().train(mode and any(p.requires_grad for p in self.backbone.parameters()))
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Backbone features before standardisation."""

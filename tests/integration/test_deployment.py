@@ -335,6 +335,14 @@ def test_deployed_dp_runs_of_one_config_differ_and_runs_without_dp_do_not(deploy
     assert set(dp_a) == {"weight", "bias"}
     assert not np.array_equal(dp_a["weight"], dp_b["weight"])
     assert all(np.array_equal(plain_a[k], plain_b[k]) for k in plain_a)
+    # ... and the run exports as a release that carries the public encoder it was trained on
+    from common.release_files import load_release
+
+    _cli("implantfl-server", "export", "--run", str(deployment.root / "ckpt-dp-a"), "--out",
+         str(deployment.root / "release-dp"), "--config", str(deployment.server_toml), "--no-onnx")
+    rel = load_release(deployment.root / "release-dp")
+    assert rel.info["model"] == "encoder+head" and rel.info["head"] == "dp-stats"
+    np.testing.assert_array_equal(rel.model.head.weight.detach().numpy(), dp_a["weight"])
 
 
 # ---------------------------------------------------------------------- robustness

@@ -199,8 +199,8 @@ def test_write_readme_replaces_only_the_marked_block(results, tmp_path):
     # Assert
     text = readme.read_text()
     assert rc == 0
-    assert text.startswith("# Title\n\nbefore\n" + table.START + "\nTargets:\n- ")
-    assert "\n| benchmark | figure |" in text
+    assert text.startswith("# Title\n\nbefore\n" + table.START + "\n- ")  # the verdicts; the table is elsewhere
+    assert "benchmarks/README.md" in text and "\n| benchmark | figure |" not in text
     assert text.endswith(table.END + "\nafter\n")
     assert "old table" not in text
     assert table.main(["--results", str(results), "--write-readme", "--readme", str(readme)]) == 0

@@ -120,3 +120,42 @@ def test_a_linear_head_trains_with_dp_sgd_on_the_features(site):
     assert reply.config_records["site"]["status"] == "ok"
     assert set(reply.array_records["arrays"].keys()) == {"weight", "bias"}
     assert reply.metric_records["metrics"]["dp-steps"] >= 1
+
+
+def test_dp_stats_then_linear_rounds_spend_the_target_together(site):
+    # Prepare: a run whose round 1 releases statistics (half the budget) and whose rounds 2-3 train DP-SGD
+    make, catalog, sha = site
+    runtime = make("combined-site")
+    overrides = {"head": "dp-stats+linear", "num_server_rounds": 3, "batch_size": 4, "learning_rate": 0.5,
+                 "optimizer": "sgd", "dp_stats_share": 0.5}
+    from client.privacy import PrivacyLedger
+    from client.train import TrainSettings  # noqa: F401 - the site's DP-SGD path
+
+    # Execute: the three rounds as the server would send them (the head stays the zero head here)
+    replies = []
+    for rnd in (1, 2, 3):
+        from client import task
+        from common.encoders import load_encoder
+        from server.app import initial_arrays
+
+        cfg = RunConfig(image_size=32, val_fraction=0.0, target_epsilon=4.0, encoder=sha,
+                        **{k.replace("-", "_"): v for k, v in overrides.items()})
+        arrays = initial_arrays(cfg, catalog, load_encoder(runtime.encoder_path))
+        config = {**cfg.to_flower(), "server-round": rnd, "catalog-fingerprint": catalog.fingerprint()}
+        replies.append(task.train(runtime, arrays, config, run_id=7))
+    # Assert: a release, then two DP-SGD rounds; the three rows compose to the target, not beyond
+    assert replies[0].config_records["site"]["payload"] == "dp-stats"
+    assert all("payload" not in r.config_records["site"] for r in replies[1:])
+    rows = PrivacyLedger(runtime.ledger_path).rows()
+    assert [(r.sample_rate == 1.0, r.steps == 1) for r in rows][0] == (True, True)
+    assert 3.9 < rows[-1].epsilon_cumulative <= 4.0
+    assert 1.9 < rows[0].epsilon_cumulative <= 2.0
+
+
+def test_finetune_trains_the_encoder_and_the_head_with_dp(site):
+    make, catalog, sha = site
+    reply = _train(make("finetune-site"), catalog, sha, head="finetune", num_server_rounds=1, batch_size=4,
+                   learning_rate=0.01, optimizer="sgd")
+    assert reply.config_records["site"]["status"] == "ok"
+    keys = set(reply.array_records["arrays"].keys())
+    assert any(k.startswith("encoder.backbone.") for k in keys) and {"head.weight", "head.bias"} <= keys
