@@ -103,3 +103,37 @@ def best_of(fn: Callable[[], Any], repeat: int) -> float:
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+Run = Callable[[bool], tuple[Mapping[str, float], Mapping[str, str], dict[str, Any]]]
+
+
+def bench_main(name: str, doc: str, run: Run, argv: list[str] | None = None, *, quick_help: str,
+               check: Callable[[], str | None] | None = None,
+               after: Callable[[Mapping[str, float], dict[str, Any]], None] | None = None) -> int:
+    """The one ``main()`` of every benchmark: ``[--quick]``, run, print the figures, write the JSON.
+
+    ``run(quick)`` returns ``(figures, units, params)``; ``check()`` may return why the
+    benchmark cannot run on this machine (exit 1 with that message); ``after`` prints
+    whatever else a benchmark wants to say about its figures.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args(argv)
+    problem = check() if check is not None else None
+    if problem:
+        print(problem, file=sys.stderr)
+        return 1
+    t0 = time.monotonic()
+    figures, units, params = run(args.quick)
+    params = {**params, "quick": args.quick, "benchmark_wall_s": round(time.monotonic() - t0, 1)}
+    width = max((len(k) for k in figures), default=10)
+    for key, value in figures.items():
+        print(f"{key:>{width}}: {value:12.4f} {units[key]}")
+    if after is not None:
+        after(figures, params)
+    print(f"wrote {write_result(name, figures, units, params=params)}")
+    return 0

@@ -23,11 +23,9 @@ smoke simulations, the hip-consortium runs); ``--quick`` (bytes + one smoke seed
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load
 
 import numpy as np  # noqa: E402
 
-from benchmarks._util import single_thread, write_result  # noqa: E402
+from benchmarks._util import bench_main, single_thread  # noqa: E402
 
 CLASSES, IMAGE_SIZE = 14, 64
 MODES = ("none", "fp16", "int8")
@@ -49,21 +47,21 @@ def _slug(name: str) -> str:
 def update_bytes() -> tuple[dict[str, float], dict[str, str]]:
     """Serialised bytes of one update per model and mode, and compressed/plain ratios."""
     import torch
-    from flwr.app import ArrayRecord
 
-    from common.compression import compress_update, record_bytes
+    from common.compression import compress_update
     from common.models import MODELS, build_model
+    from server.records import numpy_to_record, record_bytes
 
     figures: dict[str, float] = {}
     for name in MODELS:
         torch.manual_seed(0)
         model = build_model(name, num_classes=CLASSES, image_size=IMAGE_SIZE)
-        ref = ArrayRecord(model.state_dict())
+        ref = {k: v.numpy().copy() for k, v in model.state_dict().items()}
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(UPDATE_STD * torch.randn_like(p))
-        new = ArrayRecord(model.state_dict())
-        size = {mode: record_bytes(compress_update(new, ref, mode)) for mode in MODES}
+        new = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+        size = {mode: record_bytes(numpy_to_record(compress_update(new, ref, mode))) for mode in MODES}
         for mode in MODES:
             figures[f"{_slug(name)}_{mode}_update_bytes"] = size[mode]
         for mode in MODES[1:]:
@@ -75,7 +73,7 @@ def update_bytes() -> tuple[dict[str, float], dict[str, str]]:
 def _federation(preset: str, val_fraction: float) -> tuple[Any, list[tuple[np.ndarray, np.ndarray]], tuple[np.ndarray, np.ndarray]]:
     """(federation, each site's training split, test set) of a preset's generated federation."""
     from benchmarks.fl_overhead import cache_root_for
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.preprocess_params import PreprocessParams
     from simulations.federation import Federation, ensure_synthetic
     from simulations.presets import load_preset
@@ -91,41 +89,40 @@ def _federation(preset: str, val_fraction: float) -> tuple[Any, list[tuple[np.nd
 def local_fedavg(cfg: Any, num_classes: int, data: list[tuple[np.ndarray, np.ndarray]], mode: str) -> tuple[Any, float]:
     """FedAvg over ``data`` with every update compressed and decompressed; (global record, mean rel. error)."""
     import torch
-    from flwr.app import ArrayRecord
 
     from benchmarks.fl_overhead import task_settings
-    from client.train import train_local
+    from client.training.train import train_local
     from common.compression import compress_update, decompress_update
     from common.models import build_model
-    from common.weights import load_record, to_record
+    from common.weights import load_state, plain_state_dict
 
     torch.manual_seed(cfg.seed)
-    global_rec = ArrayRecord(build_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size).state_dict())
+    start = build_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size).state_dict()
+    global_arrays = {k: v.numpy().copy() for k, v in start.items()}
     model = build_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size)
     errors = []
     for rnd in range(1, cfg.num_server_rounds + 1):
         rebuilt, weights = [], []
         for x, y in data:
-            load_record(model, global_rec)
+            load_state(model, {k: torch.from_numpy(v) for k, v in global_arrays.items()})
             res = train_local(model, x, y, task_settings(cfg, len(y), rnd), device=torch.device("cpu"))
-            new = to_record(model)
-            back = decompress_update(compress_update(new, global_rec, mode), global_rec, mode)
-            errors.append(_relative_error(new, back, global_rec))
+            new = {k: v.numpy().copy() for k, v in plain_state_dict(model).items()}
+            back = decompress_update(compress_update(new, global_arrays, mode), global_arrays, mode)
+            errors.append(_relative_error(new, back, global_arrays))
             rebuilt.append(back)
             weights.append(res.num_examples)
         total = sum(weights)
-        global_rec = ArrayRecord({k: torch.from_numpy(sum(r[k].numpy().astype(np.float64) * (w / total)
-                                                         for r, w in zip(rebuilt, weights, strict=True)).astype(np.float32))
-                                  for k in global_rec.keys()})
-    return global_rec, float(np.mean(errors))
+        global_arrays = {k: sum(r[k].astype(np.float64) * (w / total) for r, w in zip(rebuilt, weights, strict=True)
+                                ).astype(global_arrays[k].dtype) for k in global_arrays}
+    return global_arrays, float(np.mean(errors))
 
 
 def _relative_error(new: Any, back: Any, ref: Any) -> float:
     """||rebuilt update - true update|| / ||true update||."""
     num = den = 0.0
     for k in ref.keys():
-        d = new[k].numpy().astype(np.float64) - ref[k].numpy()
-        num += float(np.sum((back[k].numpy() - new[k].numpy()) ** 2))
+        d = new[k].astype(np.float64) - ref[k]
+        num += float(np.sum((back[k] - new[k]) ** 2))
         den += float(np.sum(d * d))
     return float(np.sqrt(num / den)) if den > 0 else 0.0
 
@@ -150,12 +147,13 @@ def simulated(cfg: Any, fed: Any, mode: str) -> tuple[Any, float]:
 def _accuracy(arrays: Any, cfg: Any, num_classes: int, test: tuple[np.ndarray, np.ndarray]) -> float:
     import torch
 
-    from client.train import evaluate
+    from client.training.train import evaluate
     from common.models import build_model
-    from common.weights import load_record
+    from common.weights import load_state
 
     model = build_model(cfg.model, num_classes=num_classes, image_size=cfg.image_size)
-    load_record(model, arrays)
+    load_state(model, {k: torch.from_numpy(np.asarray(v.numpy() if hasattr(v, "numpy") else v))
+                       for k, v in arrays.items()})
     return evaluate(model, test[0], test[1], device=torch.device("cpu")).accuracy
 
 
@@ -165,7 +163,7 @@ def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, A
 
     figures: dict[str, float] = {}
     units: dict[str, str] = {}
-    cfg = load_preset("smoke").run_config(**{"proximal-mu": 0.0})
+    cfg = load_preset("smoke").run_config(**{"proximal-mu": 0.0, "head": "none", "num-server-rounds": 3})  # the CNN
     fed, data, test = _federation("smoke", cfg.val_fraction)
     real = not quick  # simulations with run-config update-compression; --quick: the local loop
     seeds = [0] if quick else [0, 1, 2]
@@ -200,7 +198,8 @@ def accuracy(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, A
                   "accuracy_per_seed": {m: [round(a, 4) for a in acc[m]] for m in MODES}},
     }
     if not quick:  # smoke stays at chance; a federation on which the CNN learns something
-        hip = load_preset("hip-consortium").run_config(**{"dp": False, "seed": 0, "proximal-mu": 0.0})
+        hip = load_preset("hip-consortium").run_config(**{"dp": False, "seed": 0, "proximal-mu": 0.0, "head": "none",
+                                                         "num-server-rounds": 10})
         hfed, hdata, htest = _federation("hip-consortium", hip.val_fraction)
         hacc = {m: _accuracy(local_fedavg(hip, len(hfed.catalog), hdata, m)[0], hip, len(hfed.catalog), htest)
                 for m in MODES}
@@ -231,17 +230,8 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.comm", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, local FedAvg loop (< 2 min)")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    figures, units, params = run(args.quick)
-    params["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
-    for name, value in figures.items():
-        print(f"{name:>40}: {value:14.4f} {units[name]}")
-    print(f"accuracy measured with: {params['accuracy_method']}")
-    print(f"wrote {write_result('comm', figures, units, params=params)}")
-    return 0
+    return bench_main("comm", __doc__, run, argv, quick_help="one seed, local FedAvg loop (< 2 min)",
+                      after=lambda _f, params: print(f"accuracy measured with: {params['accuracy_method']}"))
 
 
 if __name__ == "__main__":

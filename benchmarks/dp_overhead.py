@@ -2,7 +2,7 @@
 
 For the study CNN and ResNet-18 (64 px, batch 32, one torch thread, the run config's
 default optimizer) it times
-``client.train.train_local`` (the code a site runs each round, Opacus set-up included)
+``client.training.train.train_local`` (the code a site runs each round, Opacus set-up included)
 plain and with DP-SGD in each ``grad_sample_mode`` (hooks, ew, functorch, ghost).
 Batches are fixed (no Poisson sampling) so that every run does the same work; DP noise
 is on. A mode counts as valid for a model when, with zero noise and active clipping, one
@@ -27,7 +27,6 @@ with Opacus DP-SGD against plain SGD.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import sys
@@ -38,7 +37,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load
 
 import numpy as np  # noqa: E402
 
-from benchmarks._util import single_thread, write_result  # noqa: E402
+from benchmarks._util import bench_main, single_thread  # noqa: E402
 
 MODES = ("hooks", "ew", "functorch", "ghost")
 MODELS = ("cnn", "resnet18")
@@ -60,7 +59,7 @@ def plan(quick: bool) -> Plan:
 
 
 def _settings(mode: str | None, *, batch: int, noise: float = 1.0, clip: float = 1.0):  # noqa: ANN202
-    from client.train import TrainSettings
+    from client.training.train import TrainSettings
     from common.config import RunConfig
 
     run = RunConfig()  # the default local optimizer and learning rate
@@ -73,7 +72,7 @@ def _settings(mode: str | None, *, batch: int, noise: float = 1.0, clip: float =
 def _train(model, state, x, y, settings) -> tuple[float, np.ndarray]:  # noqa: ANN001
     import torch
 
-    from client.train import train_local
+    from client.training.train import train_local
 
     model.load_state_dict(state)
     t0 = time.perf_counter()
@@ -168,9 +167,9 @@ def head_figures(quick: bool) -> tuple[dict[str, float], dict[str, str]]:
 
     from benchmarks._util import best_of
     from client.data.features import site_features
-    from client.site_data import load_site
-    from client.train import TrainSettings, train_local
+    from client.data.site_data import load_site
     from client.training.stats_release import release
+    from client.training.train import TrainSettings, train_local
     from common.encoders import load_encoder
     from common.models.heads import HeadConfig, build_head
     from simulations.pretrain.pipeline import ensure_default_encoder
@@ -223,25 +222,23 @@ def head_figures(quick: bool) -> tuple[dict[str, float], dict[str, str]]:
     return figures, units
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.dp_overhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer images and repeats, no ResNet-18 functorch (< 2 min)")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    figures, units, params = run(args.quick)
-    head, head_units = head_figures(args.quick)
-    figures.update(head)
-    units.update(head_units)
-    params["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
-    for name, value in figures.items():
-        print(f"{name:>40}: {value:10.3f} {units[name]}")
+def run_all(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object]]:
+    figures, units, params = run(quick)
+    head, head_units = head_figures(quick)
+    return {**figures, **head}, {**units, **head_units}, params
+
+
+def _report(_figures: object, params: dict) -> None:
     print(f"fastest valid DP mode: {params['fastest_mode']} (default: {params['default_mode']})")
     if params["fastest_mode"] != params["default_mode"]:
         print("the defaults differ from the fastest modes measured: update common.models.DP_GRAD_SAMPLE_MODE")
-    if any(params["invalid_modes"].values()):  # type: ignore[union-attr]
+    if any(params["invalid_modes"].values()):
         print(f"modes not valid: {params['invalid_modes']}")
-    print(f"wrote {write_result('dp_overhead', figures, units, params=params)}")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("dp_overhead", __doc__, run_all, argv, after=_report,
+                      quick_help="fewer images and repeats, no ResNet-18 functorch (< 2 min)")
 
 
 if __name__ == "__main__":

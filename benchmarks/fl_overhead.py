@@ -11,7 +11,7 @@ machinery only):
    (``server.app.build_server_app`` / ``client.app.build_client_app``), federated
    evaluation off;
 3. the plain loop: the same rounds, sites, examples, epochs, seeds, optimizer and model
-   through ``client.train.train_local`` plus a FedAvg, in this process with data in
+   through ``client.training.train.train_local`` plus a FedAvg, in this process with data in
    memory; it runs before and after the federated runs and their mean is used.
 
 Figures: wall times; ``fl_over_local_ratio`` (everything included); ``ray_startup_s`` (run 1);
@@ -32,7 +32,6 @@ Writes ``benchmarks/results/fl_overhead.json``. Full: 6 rounds of 5 epochs; ``--
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -45,7 +44,7 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load; Ray workers inherit it
 
-from benchmarks._util import single_thread, write_result  # noqa: E402
+from benchmarks._util import bench_main, single_thread  # noqa: E402
 
 SMOKE = "smoke"
 
@@ -86,7 +85,7 @@ def build_noop_client_app():  # noqa: ANN201
     @app.train()
     def _train(msg: Message, _context: Any) -> Message:
         import client.task  # noqa: F401 - the real ClientApp's imports (torch, opacus set-up code)
-        import client.train  # noqa: F401
+        import client.training.train  # noqa: F401
 
         arrays = next(iter(msg.content.array_records.values()))
         metrics = MetricRecord({"num-examples": 1, "train-loss": 0.0, "train-accuracy": 0.0})
@@ -166,7 +165,7 @@ def local_loop(data: Sequence[tuple[Any, Any]], cfg: Any, num_classes: int) -> l
     """The same training as the federation, in one plain loop; wall per round."""
     import torch
 
-    from client.train import train_local
+    from client.training.train import train_local
     from common.models import build_model
 
     torch.manual_seed(cfg.seed)
@@ -188,7 +187,7 @@ def local_loop(data: Sequence[tuple[Any, Any]], cfg: Any, num_classes: int) -> l
 
 
 def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object]]:
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.preprocess_params import PreprocessParams
     from simulations.federation import Federation, simulated_sites
     from simulations.presets import load_preset
@@ -196,7 +195,7 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
     single_thread()
     rounds, epochs = (2, 2) if quick else (6, 5)
     cfg = load_preset(SMOKE).run_config(**{"num-server-rounds": rounds, "local-epochs": epochs, "dp": False,
-                                           "fraction-evaluate": 0.0, "proximal-mu": 0.0})
+                                           "fraction-evaluate": 0.0, "proximal-mu": 0.0, "head": "none"})
     fed = Federation.open(smoke_federation())
     params = PreprocessParams(image_size=cfg.image_size)
     cache = cache_root_for(fed.root)
@@ -238,16 +237,7 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fl_overhead", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 rounds of 2 local epochs (< 2 min)")
-    args = parser.parse_args(argv)
-    t0 = time.monotonic()
-    figures, units, params = run(args.quick)
-    params["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
-    for name, value in figures.items():
-        print(f"{name:>36}: {value:10.3f} {units[name]}")
-    print(f"wrote {write_result('fl_overhead', figures, units, params=params)}")
-    return 0
+    return bench_main("fl_overhead", __doc__, run, argv, quick_help="2 rounds of 2 local epochs (< 2 min)")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ One intra-op thread (what ``predict`` uses by default); the image size is the pr
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable
@@ -72,8 +71,8 @@ def _release(model_name: str, out: Path) -> Path:
                          catalog=catalog, preprocess=PreprocessParams(image_size=IMAGE_SIZE), onnx=False)
 
 
-def run(quick: bool) -> dict[str, Any]:
-    from client.predict import Predictor
+def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
+    from client.bedside.predict import Predictor
     from common.models import MODELS
 
     torch.set_num_threads(1)
@@ -100,24 +99,13 @@ def run(quick: bool) -> dict[str, Any]:
                   f"  | with Grad-CAM p50 {figures[f'{name}_predict_cam_p50_ms']:8.2f} ms  p95 {figures[f'{name}_predict_cam_p95_ms']:8.2f} ms"
                   f"  | model {figures[f'{name}_model_p50_ms']:7.2f} ms", flush=True)
     units = {k: "ms" for k in figures}
-    return {"figures": figures, "units": units,
-            "params": {"image_size": IMAGE_SIZE, "images": len(files), "rounds": rounds, "threads": 1, "quick": quick}}
-
-
-def _write(figures: dict[str, float], units: dict[str, str], params: dict[str, Any]) -> Path:
-    from benchmarks._util import write_result
-
-    return Path(write_result("predict", figures, units, params=params))
+    return figures, units, {"image_size": IMAGE_SIZE, "images": len(files), "rounds": rounds, "threads": 1}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.predict", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="cnn and dnn only, fewer images")
-    args = parser.parse_args(argv)
-    res = run(args.quick)
-    path = _write(res["figures"], res["units"], res["params"])
-    print(f"wrote {path}")
-    return 0
+    from benchmarks._util import bench_main
+
+    return bench_main("predict", __doc__, run, argv, quick_help="cnn and dnn only, fewer images")
 
 
 if __name__ == "__main__":

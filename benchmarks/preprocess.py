@@ -4,8 +4,8 @@ Generates a handful of radiograph-like DICOMs (uncompressed and RLE) in a tempor
 folder, then times, on one thread and best of a few rounds:
 
 - bare decoding (``pydicom.dcmread(f).pixel_array``), the floor any pipeline pays;
-- ingest only (``client.ingest.read_image``: decode, LUTs, normalisation);
-- the whole per-file pipeline (``client.site_data.process_file``: ingest, QC,
+- ingest only (``client.data.ingest.read_image``: decode, LUTs, normalisation);
+- the whole per-file pipeline (``client.data.site_data.process_file``: ingest, QC,
   segmentation, ROI, resize, CLAHE), as ``load_site`` runs it.
 
 Writes ``benchmarks/results/preprocess.json``. ``--quick`` uses fewer files and rounds.
@@ -13,7 +13,6 @@ Writes ``benchmarks/results/preprocess.json``. ``--quick`` uses fewer files and 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
@@ -24,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks._util import best_of, single_thread, write_result  # noqa: E402
+from benchmarks._util import bench_main, best_of, single_thread  # noqa: E402
 
 ROWS, COLS, BITS = 2500, 2048, 16
 
@@ -80,8 +79,8 @@ def write_dicom(path: Path, img: np.ndarray, *, rle: bool, monochrome1: bool) ->
 def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object]]:
     import pydicom
 
-    from client.ingest import read_image
-    from client.site_data import process_file
+    from client.data.ingest import read_image
+    from client.data.site_data import process_file
     from common.preprocess_params import PreprocessParams
 
     single_thread()
@@ -115,14 +114,7 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.preprocess", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer files and rounds (< 2 min)")
-    args = parser.parse_args(argv)
-    figures, units, params = run(args.quick)
-    for name, value in figures.items():
-        print(f"{name:>36}: {value:10.3f} {units[name]}")
-    print(f"wrote {write_result('preprocess', figures, units, params=params)}")
-    return 0
+    return bench_main("preprocess", __doc__, run, argv, quick_help="fewer files and rounds (< 2 min)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ epsilon 0.5, 1, 2, 4 and 8 (delta 1e-5):
 - ``dp-stats``: each site's one Gaussian release of its class sums (the sites' own code,
   ``client.training.stats_release``), summed and solved by the server's code
   (``server.stats_round.solve_global``); several noise draws per epsilon, mean reported;
-- ``linear``: a linear head trained with DP-SGD at each site (``client.train.train_local``,
+- ``linear``: a linear head trained with DP-SGD at each site (``client.training.train.train_local``,
   Opacus, noise planned for the epsilon over the whole run) and averaged by FedAvg, with the
   ``hip-linear-head`` preset's settings (chosen on generated seed 1).
 
@@ -21,7 +21,6 @@ Ray): the federation's arithmetic is the product's, the transport is left out. W
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._util import RESULTS_DIR, write_result
+from benchmarks._util import RESULTS_DIR, bench_main
 
 EPSILONS = (0.5, 1.0, 2.0, 4.0, 8.0)
 HEADS = ("dp-stats", "linear")
@@ -98,9 +97,9 @@ def linear_accuracy(train: dict, test: tuple, classes: int, eps: float | None, r
 
     import torch
 
-    from client.train import train_local
     from client.training.jobs import sgd_noise
     from client.training.settings import train_settings
+    from client.training.train import train_local
     from common.models.heads import HeadConfig, build_head
     from simulations.presets import load_preset
 
@@ -129,7 +128,7 @@ def linear_accuracy(train: dict, test: tuple, classes: int, eps: float | None, r
     return _accuracy(w, b, test)
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict]:
     from simulations.federation import default_cache_root
 
     figures: dict[str, float] = {}
@@ -156,10 +155,7 @@ def run(quick: bool) -> dict:
                 print(f"{enc_name:20s} {head:9s} eps {eps:>4g}: {figures[name]:.3f}", flush=True)
     figures["wall_s"] = round(time.monotonic() - t0, 1)
     units["wall_s"] = "s"
-    write_result("privacy_utility", figures, units, params={"quick": quick, "epsilons": list(EPSILONS),
-                                                             "delta": 1e-5, "notes": notes})
-    plot(figures)
-    return figures
+    return figures, units, {"epsilons": list(EPSILONS), "delta": 1e-5, "notes": notes}
 
 
 def _pool(train: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -199,18 +195,9 @@ def plot(figures: dict[str, float], out: Path | None = None) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="two encoders, three epsilons, fewer draws and rounds")
-    p.add_argument("--plot-only", action="store_true", help="redraw the PNG from the last JSON result")
-    args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    if args.plot_only:
-        import json
-
-        plot(json.loads((RESULTS_DIR / "privacy_utility.json").read_text())["figures"])
-        return 0
-    run(args.quick)
-    return 0
+    return bench_main("privacy_utility", __doc__, run, argv, after=lambda figures, _p: print(f"wrote {plot(figures)}"),
+                      quick_help="two encoders, three epsilons, fewer draws and rounds")
 
 
 if __name__ == "__main__":

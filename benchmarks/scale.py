@@ -26,19 +26,17 @@ at 5% x 2 rounds.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before numpy / torch load; Ray workers inherit it
 
-from benchmarks._util import single_thread, write_result  # noqa: E402
+from benchmarks._util import bench_main, single_thread  # noqa: E402
 
 PER_SITE = 4  # images per tiny site
 SITE_POLICY = {"max-epsilon": 1e6}  # tiny sites spend a lot of epsilon; the budget is not what is measured
@@ -139,8 +137,8 @@ class PeakMemory:
 def tiny_splits(root: Path, per_site: int) -> tuple[Any, list[Path]]:
     """Split the smoke federation's labelled images into folders of ``per_site`` images (symlinks)."""
     from benchmarks.fl_overhead import smoke_federation
-    from client.layout import list_items, map_labels
-    from client.site_config import read_label_map
+    from client.data.layout import list_items, map_labels
+    from client.site.config import read_label_map
     from simulations.federation import Federation
 
     fed = Federation.open(smoke_federation())
@@ -166,23 +164,23 @@ def tiny_splits(root: Path, per_site: int) -> tuple[Any, list[Path]]:
 
 
 def tiny_sites(n: int, splits: list[Path], catalog_path: Path, cache: Path, state: Path, params: Any) -> list[Any]:
-    from client.runtime import SiteRuntime
+    from client.site.config import SiteConfig
 
-    return [SiteRuntime(name=f"site-{i:04d}", data_dir=splits[i % len(splits)], catalog_path=catalog_path,
+    return [SiteConfig(name=f"site-{i:04d}", data_dir=splits[i % len(splits)], catalog_path=catalog_path,
                         cache_dir=cache / splits[i % len(splits)].name, state_dir=state / f"site-{i:04d}",
                         preprocess=params, policy=SITE_POLICY) for i in range(n)]
 
 
 def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object]]:
     from benchmarks.fl_overhead import simulate
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.preprocess_params import PreprocessParams
     from simulations.presets import load_preset
 
     single_thread()
     cpus = os.cpu_count() or 1
     base = load_preset("smoke").run_config(**{"dp": True, "noise-multiplier": 1.0, "local-epochs": 1, "val-fraction": 0.0,
-                                              "proximal-mu": 0.0})
+                                              "proximal-mu": 0.0, "head": "none"})
     params = PreprocessParams(image_size=base.image_size)
     figures: dict[str, float] = {}
     units: dict[str, str] = {}
@@ -214,20 +212,15 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
     return figures, units, info
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="20 sites x 2 rounds, 200 sites at 5%% x 2 rounds (< 2 min)")
-    args = parser.parse_args(argv)
+def _needs_proc() -> str | None:
     if not Path("/proc/self/smaps_rollup").exists():
-        print("scale needs Linux /proc (smaps_rollup) to measure the memory of Ray's processes", file=sys.stderr)
-        return 1
-    t0 = time.monotonic()
-    figures, units, params = run(args.quick)
-    params["benchmark_wall_s"] = round(time.monotonic() - t0, 1)
-    for name, value in figures.items():
-        print(f"{name:>44}: {value:10.1f} {units[name]}")
-    print(f"wrote {write_result('scale', figures, units, params=params)}")
-    return 0
+        return "scale needs Linux /proc (smaps_rollup) to measure the memory of Ray's processes"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    return bench_main("scale", __doc__, run, argv, check=_needs_proc,
+                      quick_help="20 sites x 2 rounds, 200 sites at 5%% x 2 rounds (< 2 min)")
 
 
 if __name__ == "__main__":

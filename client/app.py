@@ -8,7 +8,7 @@ Train messages pass through :func:`client_dp_mod`: when the run asks for client-
 with clipping at the site (``client-dp = fixed-client | adaptive-client``), Flower's
 ``fixedclipping_mod`` / ``adaptiveclipping_mod`` clip the update this site sends; other
 runs pass unchanged, so one ClientApp serves every run. Before that, train messages of a
-run with ``secure-aggregation = true`` go through SecAgg+ (:mod:`client.secure_agg`).
+run with ``secure-aggregation = true`` go through SecAgg+ (:mod:`client.training.secure_agg`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM, KEY_NORM_BIT
 
 from client import task
-from client.runtime import SiteRuntime, resolve_site
-from client.secure_agg import SECAGG_RECORD, secure_agg_mod
+from client.site.config import SiteConfig, resolve_site
+from client.training.secure_agg import SECAGG_RECORD, secure_agg_mod
 
 
 def _arrays(msg: Message) -> ArrayRecord:
@@ -54,7 +54,7 @@ def client_dp_mod(msg: Message, context: Context, call_next: ClientAppCallable) 
     refusal (``policy-refused``, ``budget-exhausted``, ``error``) carries no weights and
     must reach the server with its ``site`` status, so it is returned unchanged.
     """
-    if SECAGG_RECORD in msg.content.config_records:  # a secure round: client.secure_agg clips the update it masks
+    if SECAGG_RECORD in msg.content.config_records:  # a secure round: client.training.secure_agg clips the update it masks
         return call_next(msg, context)
     config = _run_config(msg)
     flower_mod = CLIPPING_MODS.get(str(config.get("client-dp", "none")))
@@ -78,7 +78,7 @@ def _unchanged(new: ArrayRecord, sent: ArrayRecord) -> bool:
     )
 
 
-def build_client_app(sim_sites: Sequence[SiteRuntime] | None = None) -> ClientApp:
+def build_client_app(sim_sites: Sequence[SiteConfig] | None = None) -> ClientApp:
     """ClientApp for a deployment (``sim_sites=None``) or a simulation."""
     app = ClientApp()
     sites = list(sim_sites) if sim_sites is not None else None

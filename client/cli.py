@@ -21,7 +21,7 @@ from typing import Any
 from common.errors import ImplantFLError
 
 EXIT_CONFIG = 2
-MOUNTED_MODULES = ("client.daemon_cli", "client.predict_cli")
+MOUNTED_MODULES = ("client.site.daemon_cli", "client.bedside.predict_cli")
 
 
 # ---------------------------------------------------------------------------- shared inputs
@@ -34,8 +34,8 @@ def _add_site_args(p: argparse.ArgumentParser) -> None:
 
 
 def _site_inputs(args: argparse.Namespace) -> dict[str, Any]:
-    """Keyword arguments of :func:`client.site_data.load_site` from the flags and --config."""
-    from client.site_config import SiteConfig
+    """Keyword arguments of :func:`client.data.site_data.load_site` from the flags and --config."""
+    from client.site.config import SiteConfig
     from common.catalog import Catalog
     from common.errors import ConfigError
     from common.preprocess_params import PreprocessParams
@@ -44,7 +44,7 @@ def _site_inputs(args: argparse.Namespace) -> dict[str, Any]:
     data = args.data or (cfg.data_dir if cfg else None)
     if data is None:
         raise ConfigError("pass --data DIR (or --config site.toml with [site] data-dir)")
-    catalog_path = args.catalog or (cfg.catalog if cfg else None)
+    catalog_path = args.catalog or (cfg.catalog_path if cfg else None)
     if catalog_path is None:
         guess = Path(data).resolve().parent.parent / "catalog.json"
         if not guess.is_file():
@@ -52,7 +52,7 @@ def _site_inputs(args: argparse.Namespace) -> dict[str, Any]:
         catalog_path = guess
     return {"site_dir": Path(data), "catalog": Catalog.load(catalog_path),
             "params": cfg.preprocess if cfg else PreprocessParams(),
-            "label_map": cfg.labels if cfg else None, "config_cache": cfg.cache_dir if cfg else None}
+            "label_map": cfg.label_map if cfg else None, "config_cache": cfg.cache_dir if cfg else None}
 
 
 # ---------------------------------------------------------------------------- check
@@ -64,7 +64,7 @@ def add_check(sub: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from client.site_data import load_site
+    from client.data.site_data import load_site
 
     inputs = _site_inputs(args)
     inputs.pop("config_cache")
@@ -108,7 +108,7 @@ def add_preprocess(sub: Any) -> None:
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.errors import ConfigError
 
     inputs = _site_inputs(args)

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from client.runtime import SiteRuntime
+from client.records import arrays_record, load_record, record_arrays
+from client.site.config import SiteConfig
 from client.training.jobs import (
     STATS_KIND,
     Job,
@@ -37,7 +38,6 @@ from common.config import RunConfig
 from common.device import pick_device
 from common.errors import ConfigError, ImplantFLError
 from common.models import build_model
-from common.weights import load_record
 
 if TYPE_CHECKING:
     pass
@@ -66,8 +66,8 @@ def _parse(config: Mapping[str, Any]) -> tuple[RunConfig, int, str]:
     return cfg, int(config.get("server-round", 0)), str(config.get("catalog-fingerprint", ""))
 
 
-def _load_data(site: SiteRuntime, cfg: RunConfig, fingerprint: str):  # noqa: ANN202
-    from client.site_data import load_site
+def _load_data(site: SiteConfig, cfg: RunConfig, fingerprint: str):  # noqa: ANN202
+    from client.data.site_data import load_site
 
     catalog = site.catalog()
     if fingerprint and fingerprint != catalog.fingerprint():
@@ -86,7 +86,7 @@ def _model(cfg: RunConfig, num_classes: int, arrays: ArrayRecord):  # noqa: ANN2
     return model
 
 
-def train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
+def train(site: SiteConfig, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
     """Train the received global model locally; reply with weights and metrics, or a refusal."""
     try:
         return _train(site, arrays, config, run_id=run_id)
@@ -98,8 +98,8 @@ def train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, 
         return RecordDict({"metrics": _metrics(TRAIN_METRICS, {}), "site": _status(site.name, "error", type(e).__name__)})
 
 
-def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
-    from client.privacy import PrivacyLedger, PrivacyPolicy, check
+def _train(site: SiteConfig, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
+    from client.training.privacy import PrivacyLedger, PrivacyPolicy, check
 
     cfg, server_round, fingerprint = _parse(config)
     catalog, data = _load_data(site, cfg, fingerprint)
@@ -135,7 +135,7 @@ def _train(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *,
                        "metrics": _metrics(TRAIN_METRICS, metrics), "site": status})
 
 
-def _plan(site: SiteRuntime, arrays: ArrayRecord, cfg: RunConfig, server_round: int, catalog: Any, data: Any,
+def _plan(site: SiteConfig, arrays: ArrayRecord, cfg: RunConfig, server_round: int, catalog: Any, data: Any,
           *, proximal_mu: float) -> Job:
     """The round's job for this run's route (images, head on features, or the dp-stats release)."""
     x, y = data.train()
@@ -160,16 +160,16 @@ def _plan(site: SiteRuntime, arrays: ArrayRecord, cfg: RunConfig, server_round: 
 def _compressed(new: ArrayRecord, received: ArrayRecord, mode: str) -> ArrayRecord:
     """The trained weights as the run sends them: themselves, or their update at lower precision."""
     try:
-        return compress_update(new, received, mode)
+        return arrays_record(compress_update(record_arrays(new), record_arrays(received), mode))
     except ValueError as e:  # a non-finite update cannot be quantised; the server would reject it anyway
         raise ImplantFLError(f"the trained update cannot be sent as {mode}: {e}") from e
 
 
-def evaluate(site: SiteRuntime, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
+def evaluate(site: SiteConfig, arrays: ArrayRecord, config: Mapping[str, Any], *, run_id: int) -> RecordDict:
     """Evaluate the received global model on the site's validation split."""
     try:
-        from client.privacy import PrivacyLedger
-        from client.train import evaluate as evaluate_model
+        from client.training.privacy import PrivacyLedger
+        from client.training.train import evaluate as evaluate_model
 
         cfg, _, fingerprint = _parse(config)
         catalog, data = _load_data(site, cfg, fingerprint)

@@ -19,7 +19,9 @@ Non-floating arrays (integer buffers) always travel unchanged. Compression happe
 after DP-SGD, on the released weights: it is post-processing and changes no privacy
 guarantee. A train reply names its mode in its ``site`` ConfigRecord under
 :data:`REPLY_KEY` (no key: ``none``); the server rebuilds the weights before it
-validates them (``server.validation``).
+validates them (``server.validation``). Everything here is plain numpy: arrays by name in,
+arrays by name out; the Flower records they travel in are the adapters' business
+(``client.records``, ``server.records``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from collections import OrderedDict
 from collections.abc import Mapping
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+
+Arrays = Mapping[str, np.ndarray]
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +71,7 @@ def dequantize_int8(codes: np.ndarray, lo: float, scale: float) -> np.ndarray:
     return lo + codes.astype(np.float64) * scale
 
 
-def _record(arrays: OrderedDict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(OrderedDict((k, Array(v if v.flags.c_contiguous else np.ascontiguousarray(v))) for k, v in arrays.items()))
-
-
-def compress_update(new: ArrayRecord, ref: ArrayRecord, mode: str) -> ArrayRecord:
+def compress_update(new: Arrays, ref: Arrays, mode: str) -> Arrays:
     """What a site sends: ``new`` itself (``none``) or ``new - ref`` at lower precision."""
     _check_mode(mode)
     if mode == "none":
@@ -81,7 +80,7 @@ def compress_update(new: ArrayRecord, ref: ArrayRecord, mode: str) -> ArrayRecor
         raise ValueError("the trained weights and the received weights have different arrays")
     out: OrderedDict[str, np.ndarray] = OrderedDict()
     for key in new.keys():
-        arr, base = new[key].numpy(), ref[key].numpy()
+        arr, base = np.asarray(new[key]), np.asarray(ref[key])
         if not _is_float(arr):
             out[key] = arr
             continue
@@ -97,11 +96,11 @@ def compress_update(new: ArrayRecord, ref: ArrayRecord, mode: str) -> ArrayRecor
             out[key] = codes
             out[key + LO] = np.array(lo, dtype=np.float64)
             out[key + SCALE] = np.array(scale, dtype=np.float64)
-    return _record(out)
+    return out
 
 
-def decompress_update(record: ArrayRecord, ref: ArrayRecord | Mapping[str, np.ndarray], mode: str) -> ArrayRecord:
-    """The site's weights rebuilt from what it sent and the global weights ``ref`` (record or numpy arrays).
+def decompress_update(record: Arrays, ref: Arrays, mode: str) -> Arrays:
+    """The site's weights rebuilt from what it sent (``record``) and the global weights ``ref``.
 
     Raises
     ------
@@ -115,10 +114,9 @@ def decompress_update(record: ArrayRecord, ref: ArrayRecord | Mapping[str, np.nd
     extra = {k for k in record.keys() if k.endswith((LO, SCALE))} if mode == "int8" else set()
     if set(record.keys()) - extra != set(ref.keys()):
         raise ValueError(f"the {mode} update does not match the model's arrays")
-    bases = {k: v.numpy() for k, v in ref.items()} if isinstance(ref, ArrayRecord) else ref
     out: OrderedDict[str, np.ndarray] = OrderedDict()
-    for key, base in bases.items():
-        sent = record[key].numpy()
+    for key, base in ref.items():
+        sent = np.asarray(record[key])
         coded = key + LO in record or key + SCALE in record
         if not _is_float(sent) and not coded:  # an integer buffer, sent as it is
             out[key] = sent
@@ -132,25 +130,9 @@ def decompress_update(record: ArrayRecord, ref: ArrayRecord | Mapping[str, np.nd
         else:
             if sent.dtype != np.uint8 or key + LO not in record or key + SCALE not in record:
                 raise ValueError(f"array {key} is not an 8-bit code with its offset and scale")
-            lo, scale = record[key + LO].numpy(), record[key + SCALE].numpy()
+            lo, scale = np.asarray(record[key + LO]), np.asarray(record[key + SCALE])
             if lo.size != 1 or scale.size != 1 or not np.isfinite(lo).all() or not np.isfinite(scale).all():
                 raise ValueError(f"array {key} has no finite scalar offset and scale")
             delta = dequantize_int8(sent, float(lo.item()), float(scale.item()))
         out[key] = (base.astype(np.float64) + delta).astype(base.dtype if _is_float(base) else np.float32)
-    return _record(out)
-
-
-def record_bytes(record: ArrayRecord) -> int:
-    """Size of ``record`` serialised as Flower sends it (protobuf), in bytes."""
-    from flwr.common.serde import array_record_to_proto
-
-    return int(array_record_to_proto(record).ByteSize())
-
-
-def payload_bytes(record: ArrayRecord) -> int:
-    """Bytes of the arrays' serialised data (``.npy``) in ``record``, without Flower's framing (< 0.2%).
-
-    Cheap (no serialisation), so the server counts it for every reply; :func:`record_bytes`
-    is the exact protobuf size.
-    """
-    return int(sum(len(arr.data) for arr in record.values()))
+    return out

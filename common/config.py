@@ -17,7 +17,7 @@ from common.errors import ConfigError
 OPTIMIZERS = ("adam", "sgd")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedmedian", "fedtrimmedavg", "krum")
 ACCOUNTANTS = ("rdp", "prv")
-LOSSES = ("ce", "fedrs", "logit-adjust", "class-balanced")  # client.losses (common cannot import client)
+LOSSES = ("ce", "fedrs", "logit-adjust", "class-balanced")  # client.training.losses (common cannot import client)
 GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "functorch", "ghost")  # Opacus modes; auto: per model
 COMPRESSIONS = ("none", "fp16", "int8")  # common.compression.MODES
 # Client-level DP with Flower's strategy wrappers (server.client_dp): clipping on the server or

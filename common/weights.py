@@ -1,7 +1,8 @@
-"""Model weights <-> Flower records and plain numpy, plus the update norm.
+"""Model weights as plain numpy, and the update norm.
 
 Weights always travel as the *plain* model's ``state_dict`` (never an Opacus
-``GradSampleModule``'s), so DP-trained checkpoints load into plain models.
+``GradSampleModule``'s), so DP-trained checkpoints load into plain models. The Flower
+records they travel in are the adapters' (``client.records``, ``server.records``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
 from torch import nn
 
 
@@ -21,18 +21,15 @@ def plain_state_dict(model: nn.Module) -> OrderedDict[str, torch.Tensor]:
     return OrderedDict((k, v.detach().cpu()) for k, v in inner.state_dict().items())
 
 
-def to_record(model: nn.Module) -> ArrayRecord:
-    return ArrayRecord(plain_state_dict(model))
-
-
-def load_record(model: nn.Module, record: ArrayRecord) -> None:
-    """Load an ArrayRecord into ``model`` strictly (shapes and keys must match)."""
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load a state dict into the plain ``model`` (inside any Opacus wrapper) strictly."""
     inner = getattr(model, "_module", model)
-    inner.load_state_dict(record.to_torch_state_dict(), strict=True)
+    inner.load_state_dict(dict(state), strict=True)
 
 
-def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
-    return {k: v.numpy() for k, v in record.items()}
+def payload_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Bytes of the arrays' data (what a reply carries, without the transport's framing)."""
+    return int(sum(np.asarray(a).nbytes for a in arrays.values()))
 
 
 def update_norm(new: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray]) -> float:

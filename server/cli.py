@@ -221,7 +221,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from server.deploy import flwr_cli, runs, status, superlink
+    from server import status
+    from server.deploy import flwr_cli, runs, superlink
     from server.server_config import CONNECTION_NAME
 
     cfg = _load(args)

@@ -1,45 +1,25 @@
-"""Exports: a release from a checkpoint folder, and a model to ONNX with a parity check.
+"""A release from a checkpoint folder (``implantfl-server export``).
 
-``export_release`` is what ``implantfl-server export`` calls: it reads the last
-checkpoint (weights + per-round history), checks the catalog against the one the run was
-trained with, and writes a release whose model card holds the rounds, sites and privacy
-spent recorded in the checkpoint. Only weights and JSON are read: no images.
-
-``export_onnx`` uses ``torch.onnx.export`` at opset ``ONNX_OPSET`` with a dynamic batch
-axis: the TorchScript exporter first (about ten times faster on these networks), then the
-``torch.export``-based one (the one that stays when the TorchScript exporter is removed
-from PyTorch), then that one with a fixed batch of 1 (the fusion network: its
-data-dependent crop makes the exporter specialise the batch size). Each file is run on
-other random images than the traced ones, with onnxruntime (or ``onnx.reference`` when
-onnxruntime is not installed), and kept only if every output is within
-``ONNX_TOLERANCE`` of PyTorch's. ONNX is optional: without ``onnx``/``onnxscript``
-installed the release is written without ``model.onnx`` and the card says so.
+``export_release`` reads the last checkpoint (weights + per-round history), checks the
+catalog against the one the run was trained with, and writes a release whose model card
+holds the rounds, sites and privacy spent recorded in the checkpoint. Only weights and
+JSON are read: no images. The ONNX export itself is :mod:`server.onnx_export`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
 
 from common.calibration import Calibration
 from common.catalog import Catalog
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
+from server.guarantees import guarantees
+from server.release import write_release
 
 logger = logging.getLogger(__name__)
-
-ONNX_FILE = "model.onnx"
-ONNX_OPSET = 20  # 20 is the first opset with GridSample/AffineGrid as the fusion network needs
-ONNX_TOLERANCE = 1e-4  # max |onnx - torch| on the parity batch
 
 
 def export_release(
@@ -63,8 +43,7 @@ def export_release(
     no checkpoint or the catalog is not the run's.
     """
     from server.checkpoint import load_checkpoint
-    from server.deploy.status import privacy_by_site, read_state, summarize
-    from server.release import write_release
+    from server.status import privacy_by_site, read_state, summarize
 
     ckpt = load_checkpoint(Path(checkpoint_dir))
     state = read_state(Path(checkpoint_dir))
@@ -85,107 +64,6 @@ def export_release(
                   for name, s in summary["sites"].items()},
         "rounds_done": ckpt.round,
     }
-    if cfg.client_dp != "none":  # the guarantees the run had, for the model card
-        from server.client_dp import client_dp_guarantee
-
-        card["client_level_privacy"] = client_dp_guarantee(cfg, card["rounds"], num_sites=len(card["sites"]))
-    if cfg.secure_aggregation:
-        from server.secure_agg import guarantee
-
-        card["secure_aggregation"] = guarantee(cfg)
+    card.update(guarantees(cfg, card["rounds"], num_sites=len(card["sites"])))
     return write_release(Path(out), arrays=ckpt.arrays, config=cfg, catalog=catalog, preprocess=params,
                          summary=card, calibration=calibration, onnx=onnx, encoder_dir=encoder_dir)
-
-
-# (exporter, dynamic batch axis) in the order tried; the last is the bedside fallback for
-# graphs whose batch size the exporter specialises (the fusion network's crop boxes).
-ATTEMPTS = (("torchscript", True), ("dynamo", True), ("dynamo", False))
-
-
-def export_onnx(model: torch.nn.Module, path: Path, *, image_size: int, seed: int = 0) -> dict[str, Any]:
-    """Export ``model`` (eval mode) to ``path``; returns what model.json records about it.
-
-    The returned dict has ``exported`` (bool) and either ``opset``, ``exporter``, ``batch``
-    (``"dynamic"`` or 1), ``max_abs_diff`` and ``checked_with``, or ``reason`` when no file
-    was kept.
-    """
-    try:
-        import onnx  # noqa: F401
-    except ImportError:
-        return {"exported": False, "reason": "onnx is not installed"}
-    model = model.eval()
-    gen = torch.Generator().manual_seed(seed)
-    traced = torch.rand(2, 1, image_size, image_size, generator=gen)
-    # Checked on other images (and another batch size) than the traced ones: values the
-    # exporter froze into the graph (a shape, a data-dependent crop box) would show.
-    check = torch.rand(3, 1, image_size, image_size, generator=gen)
-    errors = []
-    for exporter, dynamic in ATTEMPTS:
-        x, c = (traced, check) if dynamic else (traced[:1], check[:1])
-        try:
-            _export(model, x, path, dynamo=exporter == "dynamo", dynamic=dynamic)
-            got, checked_with = run_onnx(path, c.numpy())
-        except Exception as e:  # noqa: BLE001 - any exporter failure falls through to the next attempt
-            errors.append(f"{exporter}: {type(e).__name__}")
-            logger.debug("ONNX export with the %s exporter failed", exporter, exc_info=True)
-            continue
-        with torch.no_grad():
-            diff = float(np.abs(got - model(c).numpy()).max())
-        if diff <= ONNX_TOLERANCE:
-            return {"exported": True, "file": ONNX_FILE, "opset": ONNX_OPSET, "exporter": exporter,
-                    "batch": "dynamic" if dynamic else 1, "max_abs_diff": diff, "checked_with": checked_with,
-                    "input": "image", "output": "logits"}
-        errors.append(f"{exporter}: outputs differ by {diff:.2e}")
-    path.unlink(missing_ok=True)
-    logger.warning("model.onnx not written: %s", "; ".join(errors))
-    return {"exported": False, "reason": "; ".join(errors)}
-
-
-def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, *, dynamo: bool, dynamic: bool) -> None:
-    kwargs: dict[str, Any] = {"input_names": ["image"], "output_names": ["logits"], "opset_version": ONNX_OPSET}
-    if dynamo:
-        kwargs.update(dynamo=True, verbose=False)
-        if dynamic:
-            kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
-    else:
-        kwargs["dynamo"] = False
-        if dynamic:
-            kwargs["dynamic_axes"] = {"image": {0: "batch"}, "logits": {0: "batch"}}
-    sink = io.StringIO()
-    # The exporters print progress, log optional-package notices and warn about traced ops;
-    # none of it is actionable here (the parity check decides).
-    torch_onnx_log = logging.getLogger("torch.onnx")
-    level = torch_onnx_log.level
-    torch_onnx_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
-            warnings.simplefilter("ignore")
-            result = torch.onnx.export(model, (x,), None if dynamo else str(path), **kwargs)
-    finally:
-        torch_onnx_log.setLevel(level)
-    if dynamo:
-        result.save(str(path))
-
-
-def run_onnx(path: Path, x: np.ndarray) -> tuple[np.ndarray, str]:
-    """Outputs of the ONNX file on ``x``: onnxruntime when installed, else onnx's reference evaluator."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        from onnx.reference import ReferenceEvaluator
-
-        return np.asarray(ReferenceEvaluator(str(path)).run(None, {"image": x})[0]), "onnx.reference"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return np.asarray(session.run(None, {"image": x})[0]), "onnxruntime"
-
-
-def onnx_summary(info: Mapping[str, Any]) -> str:
-    """One line for the model card."""
-    o = info.get("onnx") or {}
-    if o.get("exported"):
-        batch = "N" if o.get("batch", "dynamic") == "dynamic" else str(o["batch"])
-        return (f"`{ONNX_FILE}` (opset {o['opset']}, input `image` {batch} x 1 x S x S, output `logits`); "
-                f"max |ONNX - PyTorch| = {o['max_abs_diff']:.1e} on a check batch ({o['checked_with']})")
-    return f"no ONNX export ({o.get('reason', 'not requested')})"

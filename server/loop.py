@@ -24,8 +24,8 @@ from flwr.serverapp.strategy import Strategy
 
 from common.config import RunConfig
 from common.errors import ImplantFLError
-from common.weights import record_to_numpy
 from server.history import RoundRecord, RunHistory, mean_update_bytes, weighted_means
+from server.records import record_to_numpy
 from server.validation import ReplyVerdict, validate_replies
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def run_rounds(
         record.aggregate.update(weighted_means(verdicts, TRAIN_KEYS))
         record.aggregate.update(mean_update_bytes(verdicts))
         record.aggregate["sites-used"] = sum(v.status == "ok" for v in verdicts) if new_arrays is not None else 0
+        if new_arrays is None:
+            record.failed = _failure(verdicts)
 
         if cfg.fraction_evaluate > 0:
             replies, senders = _exchange(
@@ -189,6 +191,15 @@ def wait_for_sites(grid: Grid, minimum: int, *, timeout_s: float, poll_s: float 
                 f"fewer than {minimum} sites connected after {timeout_s:.0f} s (min-available-sites); run stopped"
             )
         time.sleep(poll_s)
+
+
+def _failure(verdicts: Iterable[ReplyVerdict]) -> str:
+    """Why a round accepted no update, from its replies' own statuses."""
+    verdicts = list(verdicts)
+    if not verdicts:
+        return "no site replied"
+    reasons = sorted({f"{v.status}: {v.reason}" if v.reason else v.status for v in verdicts})
+    return "no update was accepted (" + "; ".join(reasons)[:300] + ")"
 
 
 def _fmt(values: Mapping[str, float]) -> str:

@@ -8,7 +8,7 @@ Directory layout::
       catalog.json      the label space the outputs index
       preprocess.json   preprocessing parameters (common.preprocess_params)
       calibration.json  temperature + unknown threshold (common.calibration); identity if absent
-      model.onnx        optional ONNX export, checked against PyTorch (server.export)
+      model.onnx        optional ONNX export, checked against PyTorch (server.onnx_export)
       model_card.md     intended use and limits, data, metrics, privacy spent
 
 The server writes releases from weights and JSON only: it never touches images. Reading
@@ -79,7 +79,7 @@ def write_release(
     model.eval()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, out / "model.pt")
     if onnx:
-        from server.export import ONNX_FILE, export_onnx
+        from server.onnx_export import ONNX_FILE, export_onnx
 
         info["onnx"] = export_onnx(model, out / ONNX_FILE, image_size=config.image_size)
     else:
@@ -132,7 +132,7 @@ operative records or implant stickers before ordering parts.
 def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, Any],
                *, calibration: Calibration | None = None) -> str:
     """The release's ``model_card.md``."""
-    from server.export import onnx_summary
+    from server.onnx_export import onnx_summary
 
     cfg = info["config"]
     rounds = list(summary.get("rounds", []))
@@ -230,7 +230,11 @@ def _privacy(privacy: Mapping[str, Mapping[str, Any]], *, reproducible: bool = F
               f"Noise source: {source['note']}.", "",
               "| site | epsilon | delta | noise multiplier | steps |", "|---|---|---|---|---|"]
     for name, p in privacy.items():
-        lines.append(f"| {name} | {p['epsilon']:.2f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['steps']} |")
+        if p.get("steps", 0) > 0:  # sites that trained in this run
+            lines.append(f"| {name} | {p['epsilon']:.2f} | {p['delta']:g} | {p['noise_multiplier']:.3f} | {p['steps']} |")
+    refused = sorted(name for name, p in privacy.items() if p.get("rounds_refused") and not p.get("steps"))
+    if refused:
+        lines += ["", "Refused every round they were asked (their own policy or budget): " + ", ".join(refused) + "."]
     return lines
 
 

@@ -5,7 +5,7 @@ four stages (setup, share keys, collect masked vectors, unmask) are public metho
 a Grid, so this module drives them from ImplantFL's own round loop: a legacy context with
 a scratch state and a two-method stand-in strategy is all they need. Each site replies
 in stage 3 with its update (trained - global), weighted by its number of examples,
-quantised and masked (:mod:`client.secure_agg`); the server only ever learns the
+quantised and masked (:mod:`client.training.secure_agg`); the server only ever learns the
 example-weighted mean update of the sites that took part, never one site's update.
 
 What the server still sees in plain text: each site's metrics and status (examples,

@@ -25,7 +25,6 @@ keys, bad values and impossible run configurations are a :class:`ConfigError`.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.toml_file import read_toml
 
 TOP_KEYS = ("catalog", "checkpoint-dir", "encoder", "project-dir", "superlink", "run")
 SUPERLINK_KEYS = ("address", "port", "state-dir", "certs-dir")
@@ -105,14 +105,7 @@ class ServerConfig:
     def load(cls, path: Path) -> ServerConfig:
         """Read and validate ``path``; raise ConfigError naming the first problem."""
         path = path.expanduser().resolve()
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"server config {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"server config {path} cannot be read: {type(e).__name__}") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"server config {path} is not valid TOML: {e}") from e
+        raw = read_toml(path, what="server config", show_path=True)
         return cls.from_dict(raw, base=path.parent, path=path)
 
     @classmethod

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
-from common.compression import MODES, REPLY_KEY, decompress_update, payload_bytes
-from common.weights import update_norm
+from common.compression import MODES, REPLY_KEY, decompress_update
+from common.weights import payload_bytes, update_norm
+from server.records import numpy_to_record, record_to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def metrics_of(msg: Message) -> dict[str, float]:
 def update_bytes(msg: Message) -> int:
     if msg.has_error() or len(msg.content.array_records) != 1:
         return 0
-    return payload_bytes(next(iter(msg.content.array_records.values())))
+    return payload_bytes(record_to_numpy(next(iter(msg.content.array_records.values()))))
 
 
 def rebuild_arrays(msg: Message, reference: Mapping[str, np.ndarray]) -> str:
@@ -82,7 +83,8 @@ def rebuild_arrays(msg: Message, reference: Mapping[str, np.ndarray]) -> str:
         return "expected exactly one ArrayRecord"
     key = next(iter(msg.content.array_records))
     try:
-        msg.content[key] = decompress_update(msg.content.array_records[key], reference, mode)
+        msg.content[key] = numpy_to_record(decompress_update(record_to_numpy(msg.content.array_records[key]),
+                                                             reference, mode))
     except ValueError as e:
         return f"{mode} update cannot be rebuilt: {e}"
     return ""

@@ -31,8 +31,8 @@ Split = tuple[np.ndarray, np.ndarray]
 def _linear_from_stats(x: np.ndarray, y: np.ndarray, cfg: RunConfig, num_classes: int, *, dp: bool,
                        seed: int) -> tuple[torch.nn.Module, float]:
     """The dp-stats head of one (pooled or single) holder of ``(x, y)``; returns (head, epsilon)."""
-    from client.privacy.randomness import numpy_generator
     from client.training.jobs import stats_noise
+    from client.training.privacy.randomness import numpy_generator
     from common.dp_stats import feature_stats, noised, solve_head
 
     stats = feature_stats(x, y, num_classes)
@@ -51,8 +51,8 @@ def _linear_from_stats(x: np.ndarray, y: np.ndarray, cfg: RunConfig, num_classes
 
 def _trained_head(x: np.ndarray, y: np.ndarray, cfg: RunConfig, num_classes: int, *, dp: bool) -> tuple[torch.nn.Module, float]:
     """A linear/MLP head trained as one holder for the run's rounds x local epochs (DP-SGD when ``dp``)."""
-    from client.train import train_local
     from client.training.settings import train_settings
+    from client.training.train import train_local
     from common.models.heads import HeadConfig, build_head
     from common.privacy_plan import run_noise
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from client.privacy.randomness import reproducible_seed
 from client.task import grad_sample_mode
-from client.train import TrainSettings, evaluate, train_local
+from client.training.privacy.randomness import reproducible_seed
+from client.training.train import TrainSettings, evaluate, train_local
 from common.config import RunConfig
 from common.metrics import classification_summary
 from common.models import build_model

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.runtime import SiteRuntime
+from client.site.config import SiteConfig
 from common.catalog import Catalog
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
@@ -77,11 +77,11 @@ def simulated_sites(
     names: list[str] | None = None,
     policy: dict | None = None,
     encoder_path: Path | None = None,
-) -> list[SiteRuntime]:
-    """One SiteRuntime per simulated site, each with its own ledger folder ``state_dir/<site>``."""
+) -> list[SiteConfig]:
+    """One SiteConfig per simulated site, each with its own ledger folder ``state_dir/<site>``."""
     chosen = names or list(fed.site_dirs)
     return [
-        SiteRuntime(
+        SiteConfig(
             name=name,
             data_dir=fed.site_dirs[name],
             catalog_path=fed.root / "catalog.json",

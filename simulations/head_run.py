@@ -91,7 +91,7 @@ def evaluate_head(cfg: RunConfig, hd: HeadData, num_classes: int, arrays: Any) -
     """``EvalResult`` of the global head on the test features (or, for finetune, of the network on images)."""
     import torch
 
-    from client.train import evaluate
+    from client.training.train import evaluate
 
     return evaluate(global_head(cfg, hd.encoder.dim, num_classes, arrays), *hd.test, device=torch.device("cpu"))
 

@@ -23,7 +23,6 @@ from common.config import RunConfig
 from common.device import pick_device
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
-from common.privacy_plan import noise_statement
 from simulations.federation import Federation, default_cache_root, ensure_synthetic, simulated_sites
 from simulations.presets import load_preset
 
@@ -35,7 +34,7 @@ class SimOptions:
     preset: str = "hip-consortium"
     data: Path | None = None  # federation folder; None = the preset's generated data
     dataset: str | None = None  # KIND:PATH public dataset as downloaded (simulations.datasets)
-    partition: str | None = None  # partition spec for --dataset (simulations.partition)
+    partition: str | None = None  # partition spec for --dataset (simulations.datasets.partition)
     body_part: str | None = None  # MURA body-part filter
     sites: int | None = None  # use only the first N sites
     overrides: dict[str, Any] = field(default_factory=dict)  # run-config keys (kebab-case)
@@ -112,7 +111,7 @@ def federation_from_dataset(opts: SimOptions) -> Path:
 
 def load_all(prep: Prepared, *, progress: bool) -> tuple[dict[str, Any], Any]:
     """Preprocess (or load from cache) every site and the test set."""
-    from client.site_data import load_site
+    from client.data.site_data import load_site
 
     t0 = time.monotonic()
     data = {}
@@ -183,16 +182,12 @@ def run(opts: SimOptions) -> dict[str, Any]:
 
         results["final_by_body_part"] = by_body_part(test.files, res.probs, res.labels, studies, catalog.ids)
     if prep.cfg.dp:
-        results["privacy"] = privacy_summary(state.history.to_list(), prep.cfg)
-    results["dp_noise"] = noise_statement(dp=prep.cfg.dp, reproducible_noise=prep.cfg.reproducible_noise)
-    if prep.cfg.client_dp != "none":  # the guarantee for a whole site, on the released model
-        from server.client_dp import client_dp_guarantee
+        from server.history import privacy_by_site
 
-        results["client_level_privacy"] = client_dp_guarantee(prep.cfg, results["rounds"], num_sites=len(sites))
-    if prep.cfg.secure_aggregation:  # what the server could and could not see of the sites' updates
-        from server.secure_agg import guarantee
+        results["privacy"] = privacy_by_site(state.history.to_list(), delta=prep.cfg.delta, accountant=prep.cfg.accountant)
+    from server.guarantees import guarantees
 
-        results["secure_aggregation"] = guarantee(prep.cfg)
+    results.update(guarantees(prep.cfg, results["rounds"], num_sites=len(sites)))
     if opts.baseline:
         results["baseline"] = _baselines(prep, hd, data, test, progress=opts.progress)
     prep.timing["wall_s"] = time.monotonic() - t_start
@@ -204,7 +199,7 @@ def run(opts: SimOptions) -> dict[str, Any]:
 
 def _final_model_fn(prep: Prepared, hd: Any) -> Any:
     """arrays -> EvalResult of the global model on the test set (head on features, or a model on images)."""
-    from client.train import evaluate
+    from client.training.train import evaluate
     from common.device import pick_device
     from common.release_files import image_model
 
@@ -218,7 +213,7 @@ def _final_model_fn(prep: Prepared, hd: Any) -> Any:
 
     def fn(arrays: Any) -> Any:
         if not test_data:
-            from client.site_data import load_site
+            from client.data.site_data import load_site
 
             test_data["t"] = load_site(prep.fed.test_dir, catalog=catalog, params=prep.params,
                                        cache_dir=prep.cache_dir / "_test", val_fraction=0.0)
@@ -334,27 +329,6 @@ def simulated_policy(cfg: RunConfig) -> dict[str, Any] | None:
     if cfg.reproducible_noise:
         policy["allow-reproducible-noise"] = True
     return policy or None
-
-
-def privacy_summary(rounds: list[dict[str, Any]], cfg: RunConfig) -> dict[str, dict[str, Any]]:
-    """Per-site privacy section of results.json, from the sites' own per-round reports."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rounds:
-        for site, m in r["sites"].items():
-            p = out.setdefault(site, {"epsilon": 0.0, "epsilon_run": 0.0, "delta": cfg.delta, "noise_multiplier": 0.0,
-                                      "sample_rate": 0.0, "steps": 0, "rounds_refused": 0, "accountant": cfg.accountant})
-            if m.get("status") in ("policy-refused", "budget-exhausted"):
-                p["rounds_refused"] += 1
-                p["refusal"] = m.get("reason", "")
-                continue
-            if m.get("status") != "ok":
-                continue
-            p["epsilon"] = max(p["epsilon"], float(m.get("epsilon", 0.0)))
-            p["epsilon_run"] = max(p["epsilon_run"], float(m.get("epsilon-run", 0.0)))
-            p["noise_multiplier"] = float(m.get("noise-multiplier", p["noise_multiplier"]))
-            p["sample_rate"] = float(m.get("sample-rate", p["sample_rate"]))
-            p["steps"] += int(m.get("dp-steps", 0))
-    return out
 
 
 def write_outputs(prep: Prepared, arrays: Any, results: dict[str, Any], calibration: Any = None) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from client.cache import cache_key
+from client.data.cache import cache_key
 from common.preprocess_params import PreprocessParams
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SiteFeatures:
-    """Features aligned with a :class:`client.site_data.SiteData`'s rows."""
+    """Features aligned with a :class:`client.data.site_data.SiteData`'s rows."""
 
     f: np.ndarray  # (N, d) float32, unit L2 norm
     encoded: int  # images this call ran the encoder on (0 when everything came from the cache)

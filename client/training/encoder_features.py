@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from client.data.features import site_features
-from client.runtime import SiteRuntime
+from client.site.config import SiteConfig
 from common.config import RunConfig
 from common.errors import ConfigError, PrivacyPolicyError
 
@@ -29,16 +29,16 @@ class FeatureSplits:
     encoded: int  # images the encoder ran on in this call (0: all from the feature cache)
 
 
-def check_encoder_policy(site: SiteRuntime, cfg: RunConfig) -> None:
+def check_encoder_policy(site: SiteConfig, cfg: RunConfig) -> None:
     """Refuse an encoder the site's policy does not list (when it lists any)."""
-    from client.privacy import PrivacyPolicy
+    from client.training.privacy import PrivacyPolicy
 
     allowed = PrivacyPolicy.from_dict(site.policy or {}).allowed_encoders
     if allowed and cfg.encoder.lower() not in allowed:
         raise PrivacyPolicyError(f"the run's encoder {cfg.encoder[:12]} is not among this site's allowed-encoders")
 
 
-def site_encoder(site: SiteRuntime, cfg: RunConfig):  # noqa: ANN201 - FrozenEncoder (torch imported lazily)
+def site_encoder(site: SiteConfig, cfg: RunConfig):  # noqa: ANN201 - FrozenEncoder (torch imported lazily)
     """The site's encoder, if it is the one the run names."""
     from common.encoders import load_encoder
 
@@ -59,7 +59,7 @@ def check_image_size(encoder, cfg: RunConfig) -> None:  # noqa: ANN001
                           f"{cfg.image_size}")
 
 
-def feature_splits(site: SiteRuntime, cfg: RunConfig, data, *, device=None) -> FeatureSplits:  # noqa: ANN001
+def feature_splits(site: SiteConfig, cfg: RunConfig, data, *, device=None) -> FeatureSplits:  # noqa: ANN001
     """Train and validation features of a site's data (a ``SiteData``), from the feature cache where it can."""
     import dataclasses
 

@@ -1,6 +1,6 @@
 """What a site runs in one train round, planned before it runs: the privacy request, then the work.
 
-Three routes, one shape (:class:`Job`): its :class:`~client.privacy.PrivacyRequest` is what
+Three routes, one shape (:class:`Job`): its :class:`~client.training.privacy.PrivacyRequest` is what
 the site's policy and budget are checked against, and ``execute`` does the work only
 after that check passed.
 
@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import ArrayRecord
 
-from client.privacy import PrivacyRequest
-from client.runtime import SiteRuntime
+from client.records import arrays_record, load_record, to_record
+from client.site.config import SiteConfig
+from client.training.privacy import PrivacyRequest
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.privacy_plan import noise_for_target, one_shot_noise, run_noise, sample_rate
-from common.weights import load_record, to_record
 
 STATS_KIND = "dp-stats"  # the ``site`` record's ``payload`` of a statistics reply
 
@@ -76,10 +76,10 @@ def _request(cfg: RunConfig, noise: float, clip: float, rate: float, steps: int)
                           steps=steps, reproducible_noise=cfg.reproducible_noise)
 
 
-def stats_job(site: SiteRuntime, cfg: RunConfig, server_round: int, x: np.ndarray, y: np.ndarray,
+def stats_job(site: SiteConfig, cfg: RunConfig, server_round: int, x: np.ndarray, y: np.ndarray,
               num_classes: int) -> Job:
     """Release the site's class statistics once (features have norm 1: the 'clip' is 1)."""
-    from client.privacy.randomness import reproducible_seed
+    from client.training.privacy.randomness import reproducible_seed
     from client.training.stats_release import release
 
     noise = stats_noise(cfg) if cfg.dp else 0.0
@@ -88,18 +88,18 @@ def stats_job(site: SiteRuntime, cfg: RunConfig, server_round: int, x: np.ndarra
     def execute() -> Outcome:
         arrays = release(x, y, num_classes=num_classes, solver=cfg.dp_stats_solver, noise_multiplier=noise,
                          dp=cfg.dp, noise_seed=seed)
-        record = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+        record = arrays_record(arrays)
         return Outcome(record, {"num-examples": len(y), "train-loss": 0.0, "train-accuracy": 0.0},
                        noise, 1.0, 1, payload=STATS_KIND)
 
     return Job(_request(cfg, noise, 1.0, 1.0, 1), execute)
 
 
-def sgd_job(site: SiteRuntime, cfg: RunConfig, server_round: int, model: Any, x: np.ndarray, y: np.ndarray,
+def sgd_job(site: SiteConfig, cfg: RunConfig, server_round: int, model: Any, x: np.ndarray, y: np.ndarray,
             *, proximal_mu: float, augment: bool, grad_sample_mode: str | None = None) -> Job:
     """DP-SGD of ``model`` (already holding the global weights) on ``(x, y)`` for one round."""
-    from client.train import train_local
     from client.training.settings import train_settings
+    from client.training.train import train_local
     from common.device import pick_device
 
     n = len(y)
@@ -142,7 +142,7 @@ def eval_head(cfg: RunConfig, dim: int, num_classes: int, arrays: ArrayRecord): 
     return model
 
 
-def finetune_model(site: SiteRuntime, cfg: RunConfig, num_classes: int, arrays: ArrayRecord):  # noqa: ANN201
+def finetune_model(site: SiteConfig, cfg: RunConfig, num_classes: int, arrays: ArrayRecord):  # noqa: ANN201
     """Encoder + linear head, trainable end to end, holding the global weights."""
     from client.training.encoder_features import site_encoder
     from common.models.heads import EncoderClassifier, HeadConfig, build_head

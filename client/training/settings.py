@@ -8,7 +8,7 @@ from common.config import RunConfig
 from common.models import DP_GRAD_SAMPLE_MODE
 
 if TYPE_CHECKING:
-    from client.train import TrainSettings
+    from client.training.train import TrainSettings
 
 
 def grad_sample_mode(cfg: RunConfig, *, proximal_mu: float) -> str:
@@ -33,8 +33,8 @@ def train_settings(cfg: RunConfig, n: int, server_round: int, *, noise: float, p
     The DP noise and batches are secret (``noise_seed=None``: OS entropy at the site) unless the
     run asks for ``reproducible-noise``; then they follow the run's seed, the round and ``site``.
     """
-    from client.privacy.randomness import reproducible_seed
-    from client.train import TrainSettings
+    from client.training.privacy.randomness import reproducible_seed
+    from client.training.train import TrainSettings
 
     noise_seed = reproducible_seed(cfg.seed, server_round, site) if cfg.reproducible_noise else None
 

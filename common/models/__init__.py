@@ -26,9 +26,13 @@ MODELS: dict[str, Builder] = {
     "densenet121": zoo.densenet121,
     "densenet169": zoo.densenet169,
     "fusion": zoo.fusion,
-    "ensemble": zoo.ensemble,
-    "ensemble-mura": zoo.ensemble_mura,
+    "ensemble": lambda n, s: zoo.ensemble(n, s, build=_member),
+    "ensemble-mura": lambda n, s: zoo.ensemble(n, s, build=_member, members=zoo.MURA_ENSEMBLE),
 }
+
+
+def _member(name: str, num_classes: int, image_size: int) -> nn.Module:
+    return build_model(name, num_classes=num_classes, image_size=image_size)
 
 # Fastest valid Opacus per-sample-gradient mode per model: what run-config
 # ``grad-sample-mode = auto`` uses (client.task). Measured by ``benchmarks.dp_overhead``

@@ -92,22 +92,12 @@ def ensemble(
     num_classes: int,
     image_size: int,
     *,
+    build: Callable[[str, int, int], nn.Module],
     members: Sequence[str] = DEFAULT_ENSEMBLE,
-    build: Callable[[str, int, int], nn.Module] | None = None,
 ) -> nn.Module:
-    """Members built by registry name (``build(name, num_classes, image_size)``)."""
+    """Members built by registry name with ``build(name, num_classes, image_size)`` (the registry passes its own)."""
     from common.models.ensemble import ProbabilityEnsemble
-
-    if build is None:
-        from common.models import build_model
-
-        def build(name: str, n: int, s: int) -> nn.Module:
-            return build_model(name, num_classes=n, image_size=s)
 
     if "ensemble" in members:
         raise ValueError("an ensemble cannot contain an ensemble")
     return ProbabilityEnsemble([build(m, num_classes, image_size) for m in members], names=members)
-
-
-def ensemble_mura(num_classes: int, image_size: int) -> nn.Module:
-    return ensemble(num_classes, image_size, members=MURA_ENSEMBLE)

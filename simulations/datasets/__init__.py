@@ -3,7 +3,7 @@
 ``--dataset KIND:PATH`` with KIND one of ``folder``, ``csv``, ``kaggle-hip``, ``mura``
 opens the data in place (:func:`open_dataset` -> :class:`DatasetIndex`);
 :func:`build_federation` holds out a test split (the dataset's own, else a stratified,
-patient-disjoint one), partitions the rest into sites (``simulations.partition``) and
+patient-disjoint one), partitions the rest into sites (``simulations.datasets.partition``) and
 links everything into the layout the runner reads (:func:`materialize`).
 """
 
@@ -95,7 +95,7 @@ def build_federation(
     The partition's indices are positions in the training rows; the returned partition is
     re-indexed to record numbers of ``index``.
     """
-    from simulations.partition import Partition, make_partition
+    from simulations.datasets.partition import Partition, make_partition
 
     index = open_dataset(dataset, body_part=body_part) if isinstance(dataset, str) else dataset
     train, test = split_test(index, fraction=test_fraction, seed=seed)

@@ -91,7 +91,7 @@ def _bar(label: str, total: int, show: bool) -> Iterator[Callable[[], None]]:
 
 def generated_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages:
     """Render random designs disjoint from the catalog (cached), and preprocess them with the site pipeline."""
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.catalog import Catalog
     from simulations.pretrain.designs import MIN_DISTANCE, nearest_excluded, random_designs
     from simulations.pretrain.public_set import read_design_parameters, write_public_set
@@ -129,7 +129,7 @@ def generated_images(opts: PretrainOptions, params: PreprocessParams) -> PublicI
 
 def dataset_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages:
     """A public set as downloaded (folder:, csv:, kaggle-hip:, mura:), linked and preprocessed (cached)."""
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from simulations.datasets import open_dataset
     from simulations.datasets.materialize import materialize
 

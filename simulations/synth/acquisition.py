@@ -1,7 +1,7 @@
 """How a site's scanner turns attenuation into a displayed image.
 
 Each site gets a :class:`SiteStyle` drawn once from one of the named scanner profiles
-(the tags of :data:`simulations.partition.ACQUISITION_STYLES`) plus site-specific jitter:
+(the tags of :data:`simulations.datasets.partition.ACQUISITION_STYLES`) plus site-specific jitter:
 its own image size and pixel spacing, characteristic curve (contrast, gamma, exposure
 offset), detector blur, edge enhancement, quantum-noise level, heel-effect gradient,
 and how often its images carry collimation bands, burned-in markers, a cup or cement.

@@ -111,7 +111,7 @@ def test_the_release_on_test_images_scores_what_the_run_reported(smoke_run):
     # Prepare: the release (encoder file + head) and the run's test images, preprocessed as the release says
     import torch
 
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.release_files import load_release
 
     out, results = smoke_run

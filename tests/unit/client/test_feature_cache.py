@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from client.data.features import site_features
-from client.site_data import load_site
+from client.data.site_data import load_site
 from common.catalog import Catalog, ImplantClass
 from common.encoders import BackboneConfig, EncoderCard, FrozenEncoder, load_encoder, save_encoder
 from common.preprocess_params import PreprocessParams

@@ -11,7 +11,7 @@ import pytest
 from conftest import CANARY, draw_radiograph, huge_png_header, palette_png, write_dicom, write_png
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from client.ingest import (
+from client.data.ingest import (
     ALLOWED_FIELDS,
     IngestError,
     MultiFrameError,
@@ -19,7 +19,7 @@ from client.ingest import (
     raster_size,
     read_image,
 )
-from client.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
+from client.data.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
 

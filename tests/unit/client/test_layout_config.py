@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import write_labels
 
-from client.layout import Item, list_items, map_labels
-from client.site_config import SiteConfig, parse_preprocess, read_label_map
+from client.data.layout import Item, list_items, map_labels
+from client.site.config import SiteConfig, parse_preprocess, read_label_map
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
 
@@ -103,8 +103,8 @@ def test_site_config_defaults_and_relative_paths(tmp_path):
     cfg = SiteConfig.load(path)
     # Assert
     assert cfg.name == "hosp-a" and cfg.data_dir == (tmp_path / "xrays").resolve()
-    assert cfg.cache_dir == cfg.data_dir / ".implantfl-cache" and cfg.catalog is None
-    assert cfg.labels == {"A": "stem-a"}
+    assert cfg.cache_dir == cfg.data_dir / ".implantfl-cache" and cfg.catalog_path is None
+    assert cfg.label_map == {"A": "stem-a"}
     assert cfg.preprocess == PreprocessParams(image_size=96, roi_margin=0.0, invert=True)
     assert cfg.extra == {"tls": {"root-certificates": "ca.crt"}}
 

@@ -17,17 +17,17 @@ import pytest
 import torch
 from flwr.app import ArrayRecord
 
-from client.gradcam import cam_target, grad_cam, peak
-from client.predict import (
+from client.bedside.gradcam import cam_target, grad_cam, peak
+from client.bedside.predict import (
     COLOUR_PICTURE,
     LOW_CONFIDENCE,
     Predictor,
     cam_names,
     predict_files,
 )
-from client.predict_cli import add_parsers
-from client.site_data import load_site
-from client.transforms import CropROI, Resize, Sample
+from client.bedside.predict_cli import add_parsers
+from client.data.site_data import load_site
+from client.data.transforms import CropROI, Resize, Sample
 from common.calibration import Calibration, fit_from_splits, save_calibration
 from common.catalog import Catalog
 from common.config import RunConfig
@@ -228,7 +228,7 @@ def test_unknown_threshold_decides_for_clean_images(release, clean_image, tmp_pa
 # ---------------------------------------------------------------------- Grad-CAM
 def _implant_mask_in_model_input(predictor: Predictor, fed: Path, item: dict) -> np.ndarray:
     """The annotated implant mask carried through the same ROI crop and resize as the image."""
-    from client.ingest import read_image
+    from client.data.ingest import read_image
 
     pixels = read_image(fed / "test" / item["file"], predictor.params).pixels
     seg = predictor.pipeline(Sample(pixels)).seg

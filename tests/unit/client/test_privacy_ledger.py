@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from client.privacy import LedgerCorruptError, LedgerRow, PrivacyLedger
+from client.training.privacy import LedgerCorruptError, LedgerRow, PrivacyLedger
 from common.errors import ConfigError, InvalidInputError
 from common.redact import file_token
 
@@ -185,7 +185,7 @@ def test_corrupt_trailing_line_is_skipped_then_moved_aside(ledger_path, tail, ca
         f.write(tail)
 
     # Execute
-    with caplog.at_level(logging.WARNING, logger="client.privacy.ledger"):
+    with caplog.at_level(logging.WARNING, logger="client.training.privacy.ledger"):
         rows = PrivacyLedger(ledger_path).rows()
     warned = caplog.text
     row = PrivacyLedger(ledger_path).record_round(run_id="run-1", round=2, noise_multiplier=1.0, sample_rate=0.01,
@@ -259,7 +259,7 @@ def test_accountant_state_behind_the_rows_is_caught_up(ledger_path, caplog):
     sidecar.write_bytes(old_state)
 
     # Execute
-    with caplog.at_level(logging.WARNING, logger="client.privacy.ledger"):
+    with caplog.at_level(logging.WARNING, logger="client.training.privacy.ledger"):
         acc = PrivacyLedger(ledger_path).load_accountant()
 
     # Assert

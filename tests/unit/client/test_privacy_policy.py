@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from client.privacy import (
+from client.training.privacy import (
     BUDGET_EXHAUSTED,
     CHECK_FAILED,
     POLICY_REFUSED,
@@ -210,7 +210,7 @@ def test_refusals_raise_their_error(decision, error):
 
 
 def test_reproducible_noise_is_refused_unless_the_site_allows_it():
-    from client.privacy import PrivacyPolicy, PrivacyRequest, check
+    from client.training.privacy import PrivacyPolicy, PrivacyRequest, check
 
     request = PrivacyRequest(dp=True, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5, sample_rate=0.1, steps=10,
                              reproducible_noise=True)

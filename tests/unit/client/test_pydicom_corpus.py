@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_files
 
-from client.ingest import IngestError, read_image
-from client.qc import REASONS
-from client.site_data import process_file
+from client.data.ingest import IngestError, read_image
+from client.data.qc import REASONS
+from client.data.site_data import process_file
 from common.preprocess_params import PreprocessParams
 
 FILES = sorted(Path(f) for f in get_testdata_files() if Path(f).is_file())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.qc import BLANK, REASONS, TOO_LARGE, TOO_SMALL, QCReport, Rejected, check_pixels
+from client.data.qc import BLANK, REASONS, TOO_LARGE, TOO_SMALL, QCReport, Rejected, check_pixels
 from common.preprocess_params import PreprocessParams
 
 PARAMS = PreprocessParams(min_side_px=128, max_side_px=1000)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import draw_radiograph, write_dicom, write_png
 
-from client.ingest import read_image
-from client.qc import FOREIGN_OBJECT, NO_IMPLANT, check_segmentation
-from client.segmentation import box_iou, otsu, segment_implant
+from client.data.ingest import read_image
+from client.data.qc import FOREIGN_OBJECT, NO_IMPLANT, check_segmentation
+from client.data.segmentation import box_iou, otsu, segment_implant
 from common.preprocess_params import PreprocessParams
 
 HIT_IOU = 0.7

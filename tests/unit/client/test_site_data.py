@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import CANARY, draw_radiograph, huge_png_header, write_dicom, write_labels, write_png
 
-import client.site_data as site_data
-from client.site_data import in_val_split, load_site
+import client.data.site_data as site_data
+from client.data.site_data import in_val_split, load_site
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
 

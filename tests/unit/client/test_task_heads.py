@@ -13,7 +13,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from client.runtime import SiteRuntime
+    from client.site.config import SiteConfig
     from common.catalog import Catalog, ImplantClass
     from common.encoders import BackboneConfig, EncoderCard, FrozenEncoder, save_encoder
     from common.preprocess_params import PreprocessParams
@@ -32,7 +32,7 @@ def site(tmp_path_factory):
                         EncoderCard("", 0, "", {}, "", {}, {}))
 
     def make(name="hosp-x", **extra):  # noqa: ANN001, ANN003, ANN202
-        return SiteRuntime(name=name, data_dir=root / "site", catalog_path=root / "catalog.json",
+        return SiteConfig(name=name, data_dir=root / "site", catalog_path=root / "catalog.json",
                            cache_dir=root / "cache", state_dir=root / "state" / name,
                            preprocess=PreprocessParams(image_size=32), device="cpu", encoder_path=root / "encoder",
                            **extra)
@@ -63,7 +63,7 @@ def test_a_site_releases_noised_statistics_once_and_its_ledger_says_so(site):
     record = reply.array_records["arrays"]
     assert list(record.keys()) == ["sums"] and record["sums"].numpy().shape == (3, 8)
     assert np.abs(record["sums"].numpy()[2]).max() > 0  # noise also for the class this site does not hold
-    from client.privacy import PrivacyLedger
+    from client.training.privacy import PrivacyLedger
 
     [row] = PrivacyLedger(runtime.ledger_path).rows()
     assert (row.sample_rate, row.steps) == (1.0, 1)
@@ -78,7 +78,7 @@ def test_the_one_shot_epsilon_agrees_with_an_independent_accountant(site):
     make, catalog, sha = site
     runtime = make("accounted-site")
     _train(runtime, catalog, sha)
-    from client.privacy import PrivacyLedger
+    from client.training.privacy import PrivacyLedger
 
     [row] = PrivacyLedger(runtime.ledger_path).rows()
     ref = rdp.RdpAccountant()
@@ -128,8 +128,8 @@ def test_dp_stats_then_linear_rounds_spend_the_target_together(site):
     runtime = make("combined-site")
     overrides = {"head": "dp-stats+linear", "num_server_rounds": 3, "batch_size": 4, "learning_rate": 0.5,
                  "optimizer": "sgd", "dp_stats_share": 0.5}
-    from client.privacy import PrivacyLedger
-    from client.train import TrainSettings  # noqa: F401 - the site's DP-SGD path
+    from client.training.privacy import PrivacyLedger
+    from client.training.train import TrainSettings  # noqa: F401 - the site's DP-SGD path
 
     # Execute: the three rounds as the server would send them (the head stays the zero head here)
     replies = []

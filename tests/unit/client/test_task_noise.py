@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    from client.runtime import SiteRuntime
+    from client.site.config import SiteConfig
     from common.catalog import Catalog, ImplantClass
     from common.preprocess_params import PreprocessParams
     from tests.unit.client.conftest import draw_radiograph, write_labels, write_png
@@ -28,7 +28,7 @@ def site(tmp_path_factory):
     catalog.save(root / "catalog.json")
 
     def make(policy=None):  # noqa: ANN001, ANN202 - a deployed site's policy is its site.toml's (None = defaults)
-        return SiteRuntime(name="hosp-x", data_dir=root / "site", catalog_path=root / "catalog.json",
+        return SiteConfig(name="hosp-x", data_dir=root / "site", catalog_path=root / "catalog.json",
                            cache_dir=root / "cache", state_dir=root / f"state-{policy is None}",
                            preprocess=PreprocessParams(image_size=32), policy=policy, device="cpu")
 

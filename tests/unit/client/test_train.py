@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from client.train import TrainSettings, evaluate, train_local
+from client.training.train import TrainSettings, evaluate, train_local
 from common.models import build_model
 
 CPU = torch.device("cpu")
@@ -132,7 +132,7 @@ def test_dp_noise_does_not_follow_the_global_torch_seed(monkeypatch):
 
 def test_dp_optimizer_uses_opacus_floating_point_defence():
     # Opacus' secure-mode noise (sum of 2n Gaussians) is on for every DP optimizer we build
-    from client.train import _loader, _make_private
+    from client.training.train import _loader, _make_private
 
     x, y = _data()
     model = _fresh()

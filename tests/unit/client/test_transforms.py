@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from conftest import draw_radiograph, write_dicom
 
-from client.ingest import read_image
-from client.qc import Rejected
-from client.transforms import (
+from client.data.ingest import read_image
+from client.data.qc import Rejected
+from client.data.transforms import (
     CLAHE,
     Compose,
     CropROI,

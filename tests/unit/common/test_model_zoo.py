@@ -5,11 +5,16 @@ import torch.nn.functional as F
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from client.train import TrainSettings, evaluate, train_local
+from client.training.train import TrainSettings, evaluate, train_local
 from common.models import MODELS, build_model
 from common.models.ensemble import ProbabilityEnsemble, fit_ensemble_weights
 from common.models.fusion import attention_boxes, crop_and_resize
-from common.models.zoo import ensemble
+from common.models.zoo import ensemble as zoo_ensemble
+
+
+def ensemble(num_classes, image_size, members):  # noqa: ANN001, ANN201 - members built by the registry
+    return zoo_ensemble(num_classes, image_size, members=members,
+                        build=lambda name, n, s: build_model(name, num_classes=n, image_size=s))
 
 CPU = torch.device("cpu")
 ZOO = ["resnet18", "resnet50", "densenet121", "densenet169", "fusion", "ensemble", "ensemble-mura"]

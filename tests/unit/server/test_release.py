@@ -17,7 +17,8 @@ from common.errors import ConfigError
 from common.metrics import classification_summary
 from common.models import build_model
 from common.preprocess_params import PreprocessParams
-from server.export import ONNX_TOLERANCE, export_release, run_onnx
+from server.export import export_release
+from server.onnx_export import ONNX_TOLERANCE, run_onnx
 from server.release import load_release, model_card, write_release
 
 ROOT = Path(__file__).parents[3]
@@ -178,14 +179,14 @@ def test_export_release_refuses_another_catalog_or_an_empty_folder(tmp_path):
 
 
 def test_server_release_code_loads_no_image_code():
-    code = ("import sys, server.release, server.export; "
+    code = ("import sys, server.release, server.export, server.onnx_export; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'cv2', 'pydicom', 'PIL', 'client'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_onnx_that_disagrees_with_pytorch_is_not_kept(tmp_path, monkeypatch):
-    import server.export as export
+    import server.onnx_export as export
 
     monkeypatch.setattr(export, "run_onnx", lambda path, x: (np.zeros((len(x), 3), np.float32) + 1.0, "stub"))
     monkeypatch.setattr(export, "ATTEMPTS", (("torchscript", True), ("torchscript", False)))  # the fast exporter only

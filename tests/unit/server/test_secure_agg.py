@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from client.secure_agg import as_masked_input, secure_agg_mod
+from client.training.secure_agg import as_masked_input, secure_agg_mod
 from common.config import RunConfig
 from common.errors import ConfigError
 from server.secure_agg import add_client_dp_noise, apply_update, guarantee, secure_train_round

@@ -324,7 +324,9 @@ def test_export_writes_a_loadable_release_with_a_model_card(tmp_path):
     rel = load_release(tmp_path / "release")
     assert len(rel.catalog) == 2 and rel.info["image_size"] == 32
     card = (tmp_path / "release" / "model_card.md").read_text()
-    assert "| site-a | 1.00 |" in card and "site-b" not in card.split("## Privacy")[1]
+    privacy = card.split("## Privacy")[1]
+    assert "| site-a | 1.00 |" in card and "| site-b |" not in privacy  # it trained in no round of this run
+    assert "Refused every round" in privacy and "site-b" in privacy
 
 
 def test_export_refuses_another_catalog(tmp_path):
@@ -344,7 +346,7 @@ def test_site_keys_are_openssh_p384_and_the_private_half_is_private(tmp_path):
     )
     from flwr.cli.supernode.register import try_load_public_key
 
-    from client.keys import check_private_key, create_site_keys
+    from client.site.keys import check_private_key, create_site_keys
 
     # Execute
     keys = create_site_keys(tmp_path / "keys", name="hospital-a", comment="hospital-a")
@@ -368,14 +370,14 @@ def test_site_keys_are_openssh_p384_and_the_private_half_is_private(tmp_path):
     [("fl.example.org:9092", "fl.example.org:9092"), ("127.0.0.1:1", "127.0.0.1:1"), ("[::1]:9092", "[::1]:9092")],
 )
 def test_superlink_addresses_are_parsed(value, expected):
-    from client.site_connection import parse_address
+    from client.site.connection import parse_address
 
     assert parse_address(value) == expected
 
 
 @pytest.mark.parametrize("bad", ["fl.example.org", "https://fl:9092", "::1:9092", "host:0", "host:http", ":9092"])
 def test_bad_superlink_addresses_are_refused(bad):
-    from client.site_connection import parse_address
+    from client.site.connection import parse_address
 
     with pytest.raises(ConfigError):
         parse_address(bad)
@@ -392,7 +394,7 @@ def test_bad_superlink_addresses_are_refused(bad):
     ],
 )
 def test_site_connection_sections_are_validated(tmp_path, text, insecure, fragment):
-    from client.site_connection import SiteConnection
+    from client.site.connection import SiteConnection
 
     with pytest.raises(ConfigError) as err:
         SiteConnection.from_dict(tomllib.loads(text), base=tmp_path, insecure=insecure)
@@ -401,8 +403,8 @@ def test_site_connection_sections_are_validated(tmp_path, text, insecure, fragme
 
 
 def test_site_connection_files_are_checked_without_naming_them(tmp_path):
-    from client.keys import create_site_keys
-    from client.site_connection import SiteConnection
+    from client.site.connection import SiteConnection
+    from client.site.keys import create_site_keys
 
     # Prepare
     create_pki(tmp_path / "pki", [])

@@ -3,7 +3,7 @@ import pytest
 from rich.console import Console
 
 from common.errors import ConfigError
-from simulations.partition import (
+from simulations.datasets.partition import (
     ACQUISITION_STYLES,
     by_manufacturer,
     make_partition,

@@ -3,7 +3,7 @@
 :func:`prepare` checks the data folder, labels, privacy policy, CA certificate and
 private key, and raises a clear error before any connection is attempted; it returns the
 ``flower-supernode`` command and environment. The commands that use it
-(``implantfl-client keys`` / ``start``) are in :mod:`client.daemon_cli`.
+(``implantfl-client keys`` / ``start``) are in :mod:`client.site.daemon_cli`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def prepare(config: Path, *, insecure: bool = False) -> tuple[list[str], dict[st
     ConfigError
         The site config, its data, labels, privacy policy, certificate or key is unusable.
     """
-    from client.site_connection import SiteConnection
+    from client.site.connection import SiteConnection
 
     path = config.expanduser().resolve()
     conn = SiteConnection.load(path, insecure=insecure)
@@ -43,11 +43,11 @@ def prepare(config: Path, *, insecure: bool = False) -> tuple[list[str], dict[st
 
 
 def _load_site(path: Path) -> Any:
-    """Load and check the site's own sections through :mod:`client.site_config`."""
+    """Load and check the site's own sections through :mod:`client.site.config`."""
     try:
-        from client.site_config import load_site_runtime
+        from client.site.config import load_site_runtime
     except ImportError as e:
-        raise ImplantFLError("this installation lacks client.site_config.load_site_runtime") from e
+        raise ImplantFLError("this installation lacks client.site.config.load_site_runtime") from e
     try:
         site = load_site_runtime(path)
     except ConfigError:
@@ -65,13 +65,13 @@ def _load_site(path: Path) -> Any:
 
 def _check_labels(site: Any) -> None:
     """Every local label maps to a catalog id (reads labels.csv / folder names, decodes no image)."""
-    from client.layout import list_items, map_labels
-    from client.site_config import read_label_map
+    from client.data.layout import list_items, map_labels
+    from client.site.config import label_map_of
 
     items = list_items(Path(site.data_dir))
     if not items:
         raise ConfigError("the site's data folder lists no labelled images")
-    label_map = site.label_map if site.label_map is not None else read_label_map(Path(site.data_dir))
+    label_map = label_map_of(Path(site.data_dir), site.label_map)
     map_labels(items, site.catalog(), label_map)
 
 

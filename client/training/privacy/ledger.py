@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from client.privacy.rows import LedgerRow, check_round_values, compose_history
+from client.training.privacy.rows import LedgerRow, check_round_values, compose_history
 from common.errors import ImplantFLError
 from common.privacy_plan import HistoryEntry, check_accountant, history_epsilon, make_accountant
 from common.redact import file_token

@@ -2,7 +2,7 @@
 
 A bad file never stops a site's pipeline: it is counted under its reason in a
 :class:`QCReport`, which also counts the kinds of patient data found (never values).
-Unknown labels are not a QC reason: they are a configuration error (``client.layout``).
+Unknown labels are not a QC reason: they are a configuration error (``client.data.layout``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from common.errors import InvalidInputError
 from common.preprocess_params import PreprocessParams
 
 if TYPE_CHECKING:
-    from client.segmentation import Segmentation
+    from client.data.segmentation import Segmentation
 
 TOO_SMALL = "too-small"  # shorter stored side < params.min_side_px
 TOO_LARGE = "too-large"  # longer stored side > params.max_side_px (rejected before decoding)
@@ -79,7 +79,7 @@ def check_pixels(pixels: np.ndarray, params: PreprocessParams, stored_shape: Ite
 
 
 def check_segmentation(seg: Segmentation | None) -> str | None:
-    """``no-implant`` / ``foreign-object`` / None from a :class:`client.segmentation.Segmentation`."""
+    """``no-implant`` / ``foreign-object`` / None from a :class:`client.data.segmentation.Segmentation`."""
     if seg is None or seg.box is None or seg.contrast < MIN_CONTRAST or seg.step < MIN_STEP:
         return NO_IMPLANT
     if seg.others > 0:

@@ -1,7 +1,7 @@
 """A site's training data: labelled files -> ingest -> QC -> preprocessing -> cached tensors.
 
 :func:`load_site` is what training, the simulation runner and ``implantfl-client check``
-use. With a ``cache_dir`` it is incremental (see :mod:`client.cache`): on unchanged
+use. With a ``cache_dir`` it is incremental (see :mod:`client.data.cache`): on unchanged
 input it decodes nothing. A bad file never stops it: it is counted under its QC reason.
 """
 
@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from client.cache import CacheEntry, SiteCache
-from client.ingest import IngestError, read_image
-from client.layout import Item, list_items, map_labels
-from client.qc import UNREADABLE, QCReport, Rejected, check_pixels
-from client.site_config import read_label_map
-from client.transforms import Compose, Sample, build_eval_pipeline
+from client.data.cache import CacheEntry, SiteCache
+from client.data.ingest import IngestError, read_image
+from client.data.layout import Item, list_items, map_labels
+from client.data.qc import UNREADABLE, QCReport, Rejected, check_pixels
+from client.data.transforms import Compose, Sample, build_eval_pipeline
+from client.site.config import label_map_of
 from common.catalog import Catalog
 from common.errors import ConfigError, InvalidInputError
 from common.preprocess_params import PreprocessParams
@@ -157,7 +157,7 @@ def load_site(
         raise ConfigError("workers must be >= 1")
     site_dir = Path(site_dir)
     items = list_items(site_dir)
-    mapping = map_labels(items, catalog, label_map if label_map is not None else read_label_map(site_dir))
+    mapping = map_labels(items, catalog, label_map_of(site_dir, label_map))
     cache = SiteCache(cache_dir, params) if cache_dir is not None else None
     old = cache.load() if cache is not None else {}
     ids = [cache.file_id(i.rel) if cache is not None else hashlib.sha256(i.rel.encode()).hexdigest()[:24] for i in items]
@@ -233,9 +233,14 @@ def _progress(total: int, show: bool) -> Iterator[Callable[[int], None]]:
     if not show:
         yield lambda n: None
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console()
+    if not console.is_terminal:  # a transient bar in a log file would leave only a blank line behind
+        yield lambda n: None
+        return
     with Progress(TextColumn("[bold]preprocessing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
+                  transient=True, console=console) as bar:
         task = bar.add_task("preprocess", total=total)
         yield lambda n: bar.advance(task, n)

@@ -12,20 +12,20 @@ Example (paths relative to the folder holding site.toml)::
     private-key = "keys/site.key"            # implantfl-client keys; the .pub is registered
 
 The other sections (``[site]``, ``[labels]``, ``[preprocess]``, ...) belong to
-:mod:`client.site_config`. Error messages name the setting, never a path: they may end
+:mod:`client.site.config`. Error messages name the setting, never a path: they may end
 up in logs that leave the site.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from common.errors import ConfigError
+from common.toml_file import read_toml
 
 SECTIONS = ("superlink", "tls", "auth")
 KEYS = {"superlink": ("address",), "tls": ("root-certificates",), "auth": ("private-key",)}
@@ -42,14 +42,7 @@ class SiteConnection:
     @classmethod
     def load(cls, path: Path, *, insecure: bool = False) -> SiteConnection:
         """Read the connection sections of a site TOML file."""
-        try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("the site config file does not exist") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"the site config cannot be read ({type(e).__name__})") from e
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"the site config is not valid TOML: {e}") from e
+        raw = read_toml(path, what="the site config file")
         return cls.from_dict(raw, base=path.expanduser().resolve().parent, insecure=insecure)
 
     @classmethod
@@ -82,7 +75,7 @@ class SiteConnection:
             return
         assert self.root_certificates is not None and self.private_key is not None  # from_dict ensures it
         check_ca_certificate(self.root_certificates)
-        from client.keys import check_private_key
+        from client.site.keys import check_private_key
 
         check_private_key(self.private_key)
 

@@ -79,8 +79,6 @@ class Segmentation:
 
     def crop_mask(self, box: tuple[int, int, int, int]) -> np.ndarray:
         """The full-resolution mask over ``box`` (x0, y0, x1, y1) of the input; 0 outside the image."""
-        from client.transforms import crop_padded
-
         k = self.factor
         if k == 1:
             return crop_padded(self.work_mask, box)
@@ -281,3 +279,16 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     inter = ix * iy
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def crop_padded(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Crop ``box`` (x0, y0, x1, y1) from ``img``, padding outside the image with 0 (a view when inside)."""
+    x0, y0, x1, y1 = box
+    h, w = img.shape
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return img[y0:y1, x0:x1]
+    out = np.zeros((y1 - y0, x1 - x0), img.dtype)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+    return out

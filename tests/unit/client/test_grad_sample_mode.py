@@ -95,7 +95,7 @@ def test_every_model_takes_a_dp_step_with_its_auto_mode(name, one_thread):
     model = build_model(name, num_classes=3, image_size=32)
     before = [p.detach().clone() for p in model.parameters()]
     # Execute
-    from client.train import train_local
+    from client.training.train import train_local
 
     result = train_local(model, x, y, settings, device=torch.device("cpu"))
     # Assert: one step; SGD moved the weights by at most lr * clip (the clipped mean's norm bound)

@@ -1,5 +1,7 @@
 """Update compression end to end without Ray: the real site task compresses, the real server loop rebuilds.
 
+An integration test: real site tasks (ingest, training) and the real server round loop, in one process.
+
 Sites run ``client.task.train`` on a small image folder; a fake Grid carries the messages
 to ``server.loop.run_rounds`` (validation, FedAvg, history), as Flower's would.
 """
@@ -72,11 +74,11 @@ def site_files(tmp_path_factory) -> tuple[Path, Path, object]:
 def real_site(site_files, tmp_path: Path, name: str) -> Node:
     """A node running the real site task (``client.task.train``) on the shared image folder."""
     from client import task
-    from client.runtime import SiteRuntime
+    from client.site.config import SiteConfig
     from common.preprocess_params import PreprocessParams
 
     data_dir, catalog_path, _ = site_files
-    runtime = SiteRuntime(name=name, data_dir=data_dir, catalog_path=catalog_path, cache_dir=data_dir.parent / "cache",
+    runtime = SiteConfig(name=name, data_dir=data_dir, catalog_path=catalog_path, cache_dir=data_dir.parent / "cache",
                           state_dir=tmp_path / name, preprocess=PreprocessParams(image_size=32),
                           policy={"require-dp": False}, device="cpu")
 
@@ -151,30 +153,35 @@ def _fake_reply(arrays: ArrayRecord, *, name: str, compression: str | None) -> R
     return RecordDict({"arrays": arrays, "metrics": metrics, "site": site})
 
 
-def _moved(msg: Message, step: float = 1e-3) -> tuple[ArrayRecord, ArrayRecord]:
-    """(received global, global + step) as records."""
-    received = next(iter(msg.content.array_records.values()))
-    return received, ArrayRecord({k: Array(v.numpy() + np.float32(step)) for k, v in received.items()})
+def _moved(msg: Message, step: float = 1e-3) -> tuple[dict, dict]:
+    """(received global, global + step) as arrays by name."""
+    received = {k: v.numpy() for k, v in next(iter(msg.content.array_records.values())).items()}
+    return received, {k: v + np.float32(step) for k, v in received.items()}
+
+
+def compress(new: dict, received: dict, mode: str) -> ArrayRecord:
+    """What the site's adapter sends: the codec's arrays in a record."""
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in compress_update(new, received, mode).items()})
 
 
 def fp16_declared_int8(msg: Message) -> RecordDict:
     received, new = _moved(msg)
-    return _fake_reply(compress_update(new, received, "fp16"), name="evil", compression="int8")
+    return _fake_reply(compress(new, received, "fp16"), name="evil", compression="int8")
 
 
 def int8_declared_fp16(msg: Message) -> RecordDict:
     received, new = _moved(msg)
-    return _fake_reply(compress_update(new, received, "int8"), name="evil", compression="fp16")
+    return _fake_reply(compress(new, received, "int8"), name="evil", compression="fp16")
 
 
 def unknown_mode(msg: Message) -> RecordDict:
     received, new = _moved(msg)
-    return _fake_reply(compress_update(new, received, "int8"), name="evil", compression="zip")
+    return _fake_reply(compress(new, received, "int8"), name="evil", compression="zip")
 
 
 def wrong_shape(msg: Message) -> RecordDict:
     received, new = _moved(msg)
-    sent = compress_update(new, received, "fp16")
+    sent = compress(new, received, "fp16")
     key = next(iter(sent.keys()))
     sent[key] = Array(np.zeros(3, np.float16))
     return _fake_reply(sent, name="evil", compression="fp16")
@@ -182,7 +189,7 @@ def wrong_shape(msg: Message) -> RecordDict:
 
 def missing_scale(msg: Message) -> RecordDict:
     received, new = _moved(msg)
-    sent = compress_update(new, received, "int8")
+    sent = compress(new, received, "int8")
     key = next(k for k in sent.keys() if k.endswith("#scale"))
     sent[key] = Array(np.array(np.nan))
     return _fake_reply(sent, name="evil", compression="int8")
@@ -190,7 +197,7 @@ def missing_scale(msg: Message) -> RecordDict:
 
 def infinite_fp16_update(msg: Message) -> RecordDict:
     received, new = _moved(msg)
-    sent = compress_update(new, received, "fp16")
+    sent = compress(new, received, "fp16")
     key = next(iter(sent.keys()))
     sent[key] = Array(np.full(sent[key].numpy().shape, np.inf, np.float16))
     return _fake_reply(sent, name="evil", compression="fp16")
@@ -224,7 +231,7 @@ def test_a_bad_compressed_reply_is_rejected_with_its_reason_and_the_round_goes_o
 def test_an_uncompressed_reply_is_still_accepted_in_a_compressed_run(site_files, tmp_path):
     # Prepare: a site that names no compression (an older client) sends plain float32 weights
     def plain(msg: Message) -> RecordDict:
-        return _fake_reply(_moved(msg)[1], name="old", compression=None)
+        return _fake_reply(compress(_moved(msg)[1], _moved(msg)[0], "none"), name="old", compression=None)
 
     grid = FakeGrid({1: real_site(site_files, tmp_path, "a"), 2: plain})
     # Execute
@@ -238,7 +245,7 @@ def test_an_uncompressed_reply_is_still_accepted_in_a_compressed_run(site_files,
 def test_a_reply_with_other_metric_keys_is_rejected_instead_of_stopping_aggregation(site_files, tmp_path):
     # Prepare: Flower's FedAvg raises when replies' metric keys differ; two real sites and an odd one
     def odd(msg: Message) -> RecordDict:
-        content = _fake_reply(_moved(msg)[1], name="odd", compression=None)
+        content = _fake_reply(compress(_moved(msg)[1], _moved(msg)[0], "none"), name="odd", compression=None)
         content["metrics"]["extra"] = 1.0
         return content
 

@@ -196,7 +196,7 @@ def check(policy: PrivacyPolicy, request: PrivacyRequest, ledger: _Projects) -> 
     request
         What the run asks for this round.
     ledger
-        The site's :class:`~client.privacy.ledger.PrivacyLedger` (anything with its
+        The site's :class:`~client.training.privacy.ledger.PrivacyLedger` (anything with its
         ``projected_epsilon``).
 
     Returns

@@ -1,4 +1,8 @@
-"""The site's own TOML: who it is, where its data is, its labels, preprocessing and privacy.
+"""The site record: who a site is, where its data is, its labels, preprocessing and privacy.
+
+One record for a deployed site (read from its ``site.toml``) and a simulated one (built by
+the simulation runner): :class:`SiteConfig`. A running ClientApp finds its site with
+:func:`resolve_site` (its TOML in a deployment, its partition in a simulation).
 
 Example::
 
@@ -16,11 +20,11 @@ Example::
     [preprocess]                       # common.preprocess_params.PreprocessParams, kebab-case
     image-size = 64
 
-    [privacy]                          # client.privacy.PrivacyPolicy, kebab-case
+    [privacy]                          # client.training.privacy.PrivacyPolicy, kebab-case
     max-epsilon = 10.0
 
 Sections read by other modules (:data:`DELEGATED_SECTIONS`, e.g. ``[superlink]``,
-``[tls]``, ``[auth]`` for :mod:`client.site_connection`) are accepted here and kept
+``[tls]``, ``[auth]`` for :mod:`client.site.connection`) are accepted here and kept
 verbatim in :attr:`SiteConfig.extra`; to add a section, add its parser to
 :data:`SECTION_PARSERS` or its owner to :data:`DELEGATED_SECTIONS`. Every problem is a
 ConfigError raised before any work starts; messages name settings, never paths.
@@ -28,43 +32,43 @@ ConfigError raised before any work starts; messages name settings, never paths.
 
 from __future__ import annotations
 
-import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from client.runtime import SiteRuntime
+from common.catalog import Catalog
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
+from common.toml_file import read_toml
 
 SITE_KEYS = {"name", "data-dir", "catalog", "cache-dir", "state-dir", "device", "encoder"}
 # Sections validated by another module; kept verbatim in SiteConfig.extra.
-DELEGATED_SECTIONS = {"superlink": "client.site_connection", "tls": "client.site_connection",
-                      "auth": "client.site_connection"}
+DELEGATED_SECTIONS = {"superlink": "client.site.connection", "tls": "client.site.connection",
+                      "auth": "client.site.connection"}
 CACHE_DIR_NAME = ".implantfl-cache"
 
 
 @dataclass(frozen=True)
 class SiteConfig:
-    """A validated site TOML; paths are absolute."""
+    """A site: what its client needs at run time (paths absolute)."""
 
     name: str  # the site's name (reported to the server; not patient data)
     data_dir: Path  # images + labels.csv or class subfolders
-    catalog: Path | None  # consortium catalog.json; required to train
-    cache_dir: Path  # preprocessed tensors
+    catalog_path: Path | None  # consortium catalog.json; required to train
+    cache_dir: Path  # preprocessed images and encoder features
     state_dir: Path  # privacy ledger and other per-site state
     device: str = "auto"  # torch device for local training
-    encoder: Path | None = None  # the consortium's public encoder (folder or encoder.pt); needed for head runs
-    labels: dict[str, str] | None = None  # local label -> catalog id; None = labels are catalog ids
+    encoder_path: Path | None = None  # the consortium's public encoder; needed for runs with a head
+    label_map: dict[str, str] | None = None  # local label -> catalog id; None: data folder's site.toml / identity
     preprocess: PreprocessParams = field(default_factory=PreprocessParams)
-    privacy: dict[str, Any] = field(default_factory=dict)  # kebab-case PrivacyPolicy table
+    policy: dict[str, Any] | None = None  # kebab-case PrivacyPolicy table; None = the defaults
     extra: dict[str, Any] = field(default_factory=dict)  # delegated sections, verbatim
 
     @classmethod
     def load(cls, path: Path) -> SiteConfig:
         """Read and validate a site TOML file."""
-        return cls.from_dict(read_toml(path), base=Path(path).expanduser().resolve().parent)
+        return cls.from_dict(read_toml(path, what="the site config file"), base=Path(path).expanduser().resolve().parent)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, base: Path) -> SiteConfig:
@@ -78,33 +82,27 @@ class SiteConfig:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"[{name}] must be a table")
         parsed = {name: parser(raw.get(name, {}), base) for name, parser in SECTION_PARSERS.items()}
-        site = parsed["site"]
-        return cls(**site, labels=parsed["labels"], preprocess=parsed["preprocess"], privacy=parsed["privacy"],
-                   extra={k: dict(raw[k]) for k in DELEGATED_SECTIONS if k in raw})
+        return cls(**parsed["site"], label_map=parsed["labels"], preprocess=parsed["preprocess"],
+                   policy=parsed["privacy"] or None, extra={k: dict(raw[k]) for k in DELEGATED_SECTIONS if k in raw})
 
-    def runtime(self) -> SiteRuntime:
-        """What the site client needs at run time; checks that the named files exist."""
-        if self.catalog is None:
+    def checked(self) -> SiteConfig:
+        """This record, after checking that what training needs exists (a catalog file, a data folder)."""
+        if self.catalog_path is None:
             raise ConfigError("[site] catalog (path to the consortium catalog.json) is required to train")
-        if not self.catalog.is_file():
+        if not self.catalog_path.is_file():
             raise ConfigError("[site] catalog file does not exist")
         if not self.data_dir.is_dir():
             raise ConfigError("[site] data-dir does not exist or is not a folder")
-        return SiteRuntime(name=self.name, data_dir=self.data_dir, catalog_path=self.catalog, cache_dir=self.cache_dir,
-                           state_dir=self.state_dir, preprocess=self.preprocess, label_map=self.labels,
-                           policy=self.privacy or None, device=self.device, encoder_path=self.encoder)
+        return self
 
+    def catalog(self) -> Catalog:
+        if self.catalog_path is None:
+            raise ConfigError("[site] catalog (path to the consortium catalog.json) is required")
+        return Catalog.load(self.catalog_path)
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; every failure is a ConfigError without the path."""
-    try:
-        return tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError("the site config file does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"the site config cannot be read ({type(e).__name__})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"the site config is not valid TOML: {e}") from None
+    @property
+    def ledger_path(self) -> Path:
+        return self.state_dir / "privacy-ledger.jsonl"
 
 
 # ---------------------------------------------------------------------------- sections
@@ -121,11 +119,11 @@ def _parse_site(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
     return {
         "name": table["name"],
         "data_dir": data_dir,
-        "catalog": (base / table["catalog"]).resolve() if "catalog" in table else None,
+        "catalog_path": (base / table["catalog"]).resolve() if "catalog" in table else None,
         "cache_dir": (base / table["cache-dir"]).resolve() if "cache-dir" in table else data_dir / CACHE_DIR_NAME,
         "state_dir": (base / table.get("state-dir", "state")).resolve(),
         "device": table.get("device", "auto"),
-        "encoder": (base / table["encoder"]).resolve() if "encoder" in table else None,
+        "encoder_path": (base / table["encoder"]).resolve() if "encoder" in table else None,
     }
 
 
@@ -160,7 +158,7 @@ def parse_preprocess(table: Mapping[str, Any], base: Path | None = None) -> Prep
 def _parse_privacy(table: Mapping[str, Any], base: Path) -> dict[str, Any]:
     privacy = dict(table)
     if privacy:
-        from client.privacy import PrivacyPolicy
+        from client.training.privacy import PrivacyPolicy
 
         PrivacyPolicy.from_dict(privacy)  # validate now, before any work
     return privacy
@@ -175,9 +173,29 @@ SECTION_PARSERS: dict[str, Callable[[Mapping[str, Any], Path], Any]] = {
 }
 
 
-def load_site_runtime(path: Path) -> SiteRuntime:
-    """Validated SiteRuntime for a deployed site (what ``node_config['site-config']`` names)."""
-    return SiteConfig.load(path).runtime()
+def load_site_runtime(path: Path) -> SiteConfig:
+    """The checked site record of a deployed site (what ``node_config['site-config']`` names)."""
+    return SiteConfig.load(path).checked()
+
+
+def resolve_site(node_config: Mapping[str, Any], sim_sites: Sequence[SiteConfig] | None) -> SiteConfig:
+    """Pick this node's site: its own TOML in a deployment, its partition in a simulation."""
+    if "site-config" in node_config:
+        return load_site_runtime(Path(str(node_config["site-config"])))
+    if sim_sites is not None and "partition-id" in node_config:
+        pid = int(node_config["partition-id"])
+        if not 0 <= pid < len(sim_sites):
+            raise ConfigError(f"partition-id {pid} has no simulated site (there are {len(sim_sites)})")
+        return sim_sites[pid]
+    raise ConfigError("this node has no site configuration: start it with node config site-config=<site.toml>")
+
+
+def label_map_of(site_dir: Path, configured: Mapping[str, str] | None) -> dict[str, str] | None:
+    """The one rule for a site's label map: its config's ``[labels]``, else the data folder's ``site.toml``'s.
+
+    None means the local labels must be catalog ids.
+    """
+    return dict(configured) if configured is not None else read_label_map(site_dir)
 
 
 def read_label_map(site_dir: Path) -> dict[str, str] | None:
@@ -185,7 +203,7 @@ def read_label_map(site_dir: Path) -> dict[str, str] | None:
     toml = Path(site_dir) / "site.toml"
     if not toml.exists():
         return None
-    raw = read_toml(toml)
+    raw = read_toml(toml, what="the data folder's site.toml")
     labels = raw.get("labels")
     if labels is None:
         return None

@@ -1,12 +1,12 @@
 """Site daemon commands: ``implantfl-client keys`` and ``implantfl-client start``.
 
-``start`` validates the whole site configuration first (:func:`client.daemon.prepare`)
+``start`` validates the whole site configuration first (:func:`client.site.daemon.prepare`)
 and exits 2 with a clear message before any connection is attempted; then it replaces
 itself with ``flower-supernode`` so that a service manager (systemd) supervises the
 SuperNode directly. Command handlers print to the terminal; the library code they call
 logs.
 
-Mounted in ``client.cli`` with :func:`add_parsers`; ``python -m client.daemon_cli`` works too.
+Mounted in ``client.cli`` with :func:`add_parsers`; ``python -m client.site.daemon_cli`` works too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from client.daemon import prepare
+from client.site.daemon import prepare
 from common.errors import ConfigError, ImplantFLError
 
 
@@ -41,7 +41,7 @@ def add_parsers(subparsers: Any) -> None:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     """``keys``: write the key pair and say what to do with each half."""
-    from client.keys import create_site_keys
+    from client.site.keys import create_site_keys
 
     try:
         keys = create_site_keys(args.out, name=args.name, overwrite=args.force, comment=args.name)
@@ -73,7 +73,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m client.daemon_cli keys|start ...``)."""
+    """Standalone entry point (``python -m client.site.daemon_cli keys|start ...``)."""
     parser = argparse.ArgumentParser(prog="implantfl-client", description="ImplantFL site daemon")
     add_parsers(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 DP-SGD is Opacus' ``PrivacyEngine.make_private`` with Poisson sampling. The noise and the
 Poisson batches are drawn from generators seeded with the site's OS entropy
-(:mod:`client.privacy.randomness`), never from ``settings.seed``, which the server
+(:mod:`client.training.privacy.randomness`), never from ``settings.seed``, which the server
 knows; ``settings.noise_seed`` makes them reproducible for simulations that ask. The accountant
 is owned by the caller (the site's privacy ledger): this module reports the noise
 multiplier, sample rate and number of optimizer steps it actually took, which is all an
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from client.losses import make_loss
+from client.training.losses import make_loss
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class TrainSettings:
     seed: int = 0  # model-side randomness (augmentation flips, dropout); not part of the DP guarantee
     noise_seed: int | None = None  # DP noise and Poisson sampling: None = secret, from OS entropy (see below)
     accountant: str = "rdp"  # the run's accountant (Opacus' engine keeps one; the site ledger is authoritative)
-    loss: str = "ce"  # local loss: ce | fedrs | logit-adjust | class-balanced (client.losses)
+    loss: str = "ce"  # local loss: ce | fedrs | logit-adjust | class-balanced (client.training.losses)
     fedrs_alpha: float = 0.5  # FedRS scale of absent classes' logits (loss = fedrs; 1 = ce)
     logit_tau: float = 1.0  # logit-adjustment strength (loss = logit-adjust)
 
@@ -170,7 +170,7 @@ def _make_private(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Da
     from opacus import PrivacyEngine
     from opacus.data_loader import DPDataLoader
 
-    from client.privacy.randomness import dp_generators, harden_noise
+    from client.training.privacy.randomness import dp_generators, harden_noise
 
     gens = dp_generators(device, seed=settings.noise_seed)
     if settings.poisson_sampling:  # Opacus' own Poisson loader, on our generator (make_private would use torch's global one)

@@ -5,8 +5,8 @@ and rebuilds the Opacus accountant from it; ``check`` refuses a round that the s
 ``PrivacyPolicy`` forbids or that would exceed its epsilon budget.
 """
 
-from client.privacy.ledger import LedgerCorruptError, LedgerRow, PrivacyLedger
-from client.privacy.policy import (
+from client.training.privacy.ledger import LedgerCorruptError, LedgerRow, PrivacyLedger
+from client.training.privacy.policy import (
     BUDGET_EXHAUSTED,
     CHECK_FAILED,
     POLICY_REFUSED,

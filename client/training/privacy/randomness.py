@@ -17,7 +17,7 @@ site's draws never leave it except summed into its noised update.
 A run may ask for reproducible noise (run-config ``reproducible-noise = true``, simulations
 only): the seed is then a function of the run's seed, the round and the site name, so it
 protects nothing against whoever knows them. A deployed site's policy refuses such a run
-(:mod:`client.privacy.policy`).
+(:mod:`client.training.privacy.policy`).
 """
 
 from __future__ import annotations

@@ -26,10 +26,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from client.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
+from client.data.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
 from common.errors import UnreadableImageError
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
+
+# OpenCV logs a broken PNG or JPEG on stderr itself ("[ERROR:0@...] global grfmt_png.cpp ..."): the file's
+# QC reason is already reported per file (by its salted token), so the native log stays silent.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from client.segmentation import Segmentation, segment_implant
+from client.data.segmentation import Segmentation, crop_padded, segment_implant
 from common.errors import InvalidInputError
 from common.preprocess_params import PreprocessParams
 
@@ -53,7 +53,7 @@ def _rng(seed: int | np.random.Generator) -> np.random.Generator:
 class Compose:
     """Apply transforms in order; a failure is re-raised naming the failing transform.
 
-    QC rejections (:class:`client.qc.Rejected`) and other
+    QC rejections (:class:`client.data.qc.Rejected`) and other
     :class:`~common.errors.InvalidInputError` pass through unchanged.
     """
 
@@ -79,17 +79,17 @@ class Compose:
 
 # ------------------------------------------------------------------ deterministic core
 class SegmentImplant:
-    """Find the implant (see :mod:`client.segmentation`)."""
+    """Find the implant (see :mod:`client.data.segmentation`)."""
 
     def __call__(self, s: Sample) -> Sample:
         return replace(s, seg=segment_implant(s.image))
 
 
 class QCGate:
-    """Stop with :class:`client.qc.Rejected` when the segmentation finds no usable implant."""
+    """Stop with :class:`client.data.qc.Rejected` when the segmentation finds no usable implant."""
 
     def __call__(self, s: Sample) -> Sample:
-        from client.qc import Rejected, check_segmentation
+        from client.data.qc import Rejected, check_segmentation
 
         reason = check_segmentation(s.seg)
         if reason:
@@ -123,19 +123,6 @@ def roi_box(box: tuple[int, int, int, int], margin: float) -> tuple[int, int, in
     side = max(1, round(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
     left, top = round((x0 + x1 - side) / 2), round((y0 + y1 - side) / 2)
     return left, top, left + side, top + side
-
-
-def crop_padded(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Crop ``box`` (x0, y0, x1, y1) from ``img``, padding outside the image with 0 (a view when inside)."""
-    x0, y0, x1, y1 = box
-    h, w = img.shape
-    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
-        return img[y0:y1, x0:x1]
-    out = np.zeros((y1 - y0, x1 - x0), img.dtype)
-    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-    if sx1 > sx0 and sy1 > sy0:
-        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
-    return out
 
 
 class Resize:

@@ -45,7 +45,7 @@ def add_parsers(sub: Any) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     import torch
 
-    from client.predict import predict_files
+    from client.bedside.predict import predict_files
 
     if args.top_k < 1:
         raise ConfigError("--top-k must be at least 1")
@@ -79,7 +79,7 @@ def format_answer(a: Any) -> str:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from client.site_data import load_site
+    from client.data.site_data import load_site
     from common.calibration import MIN_IMAGES, fit_calibration, predict_logits, save_calibration
     from common.metrics import expected_calibration_error
     from common.release_files import load_release
@@ -87,10 +87,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     release = load_release(args.model)
     labels = cache = None
     if args.config is not None:
-        from client.site_config import SiteConfig
+        from client.site.config import SiteConfig
 
         cfg = SiteConfig.load(args.config)
-        labels, cache = cfg.labels, cfg.cache_dir
+        labels, cache = cfg.label_map, cfg.cache_dir
     data = load_site(args.data, catalog=release.catalog, params=release.preprocess, label_map=labels,
                      cache_dir=args.cache or cache, val_fraction=args.val_fraction, progress=not args.json)
     x_val, y_val = data.val()

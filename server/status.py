@@ -74,21 +74,14 @@ def summarize(state: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def privacy_by_site(state: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per-site privacy spent, in the shape the model card's table expects."""
+    """Per-site privacy spent (:func:`server.history.privacy_by_site`), empty for a run without DP."""
+    from server.history import privacy_by_site as from_history
+
     config = state.get("meta", {}).get("config", {})
     if not config.get("dp", False):
         return {}
-    out: dict[str, dict[str, Any]] = {}
-    for record in state.get("history", []):
-        for name, m in record.get("sites", {}).items():
-            if m.get("status") != "ok":
-                continue
-            p = out.setdefault(name, {"epsilon": 0.0, "delta": float(config.get("delta", 0.0)),
-                                      "noise_multiplier": 0.0, "steps": 0})
-            p["epsilon"] = max(p["epsilon"], float(m.get("epsilon", 0.0)))
-            p["noise_multiplier"] = float(m.get("noise-multiplier", p["noise_multiplier"]))
-            p["steps"] += int(m.get("dp-steps", 0))
-    return out
+    return from_history(state.get("history", []), delta=float(config.get("delta", 0.0)),
+                        accountant=str(config.get("accountant", "rdp")))
 
 
 def format_text(summary: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """Identify the implant on one radiograph at the bedside: top-k classes, ``unknown``, Grad-CAM.
 
 Every file goes through exactly the steps a training image goes through:
-``client.site_data.process_file`` (ingest, the pixel QC check and the deterministic eval
+``client.data.site_data.process_file`` (ingest, the pixel QC check and the deterministic eval
 pipeline) with the release's own ``preprocess.json``. Then the model's outputs are temperature-scaled with the
 release's ``calibration.json`` and the top-k classes are reported.
 
@@ -29,8 +29,8 @@ import cv2
 import numpy as np
 import torch
 
-from client.ingest import read_image
-from client.qc import (
+from client.data.ingest import read_image
+from client.data.qc import (
     BLANK,
     FOREIGN_OBJECT,
     MULTIFRAME,
@@ -39,8 +39,8 @@ from client.qc import (
     TOO_SMALL,
     UNREADABLE,
 )
-from client.site_data import process_file
-from client.transforms import CropROI, Sample, build_eval_pipeline
+from client.data.site_data import process_file
+from client.data.transforms import CropROI, Sample, build_eval_pipeline
 from common.errors import InvalidInputError
 from common.redact import file_token
 from common.release_files import Release, load_release
@@ -99,7 +99,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ steps
     def prepare(self, path: Path, *, with_roi: bool = False) -> Prepared:
-        """Ingest + QC + eval preprocessing: ``client.site_data.process_file``, as for a training image.
+        """Ingest + QC + eval preprocessing: ``client.data.site_data.process_file``, as for a training image.
 
         ``with_roi`` also returns the ROI crop of the ingested image (for Grad-CAM overlays).
         """
@@ -162,13 +162,13 @@ class Predictor:
         return answer
 
     def cam(self, image: np.ndarray, class_index: int) -> np.ndarray:
-        from client.gradcam import grad_cam
+        from client.bedside.gradcam import grad_cam
 
         x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
         return grad_cam(self.model, x, class_index=class_index)
 
     def write_cam(self, prep: Prepared, class_index: int, path: Path) -> Path:
-        from client.gradcam import cam_panel, write_png
+        from client.bedside.gradcam import cam_panel, write_png
 
         assert prep.image is not None
         heat = self.cam(prep.image, class_index)
