@@ -31,8 +31,7 @@ from common.errors import UnreadableImageError
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
 
-# OpenCV logs a broken PNG or JPEG on stderr itself ("[ERROR:0@...] global grfmt_png.cpp ..."): the file's
-# QC reason is already reported per file (by its salted token), so the native log stays silent.
+# OpenCV's native log of a broken PNG/JPEG stays silent: the file's QC reason is reported per file already.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 logger = logging.getLogger(__name__)
