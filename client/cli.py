@@ -21,6 +21,7 @@ from typing import Any
 from common.errors import ImplantFLError
 
 EXIT_CONFIG = 2
+EXIT_NOTHING_ACCEPTED = 3  # check: the site has no image it could train on
 MOUNTED_MODULES = ("client.site.daemon_cli", "client.bedside.predict_cli")
 
 
@@ -52,7 +53,8 @@ def _site_inputs(args: argparse.Namespace) -> dict[str, Any]:
         catalog_path = guess
     return {"site_dir": Path(data), "catalog": Catalog.load(catalog_path),
             "params": cfg.preprocess if cfg else PreprocessParams(),
-            "label_map": cfg.label_map if cfg else None, "config_cache": cfg.cache_dir if cfg else None}
+            "label_map": cfg.label_map if cfg else None, "config_cache": cfg.cache_dir if cfg else None,
+            "encoder_path": cfg.encoder_path if cfg else None}
 
 
 # ---------------------------------------------------------------------------- check
@@ -68,12 +70,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     inputs = _site_inputs(args)
     inputs.pop("config_cache")
+    inputs.pop("encoder_path")
     data = load_site(**inputs, cache_dir=args.cache, progress=not args.json, workers=args.workers)
     report = data.report.to_dict()
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    _print_report(report, {c.id: c.display for c in inputs["catalog"]})
+    else:
+        _print_report(report, {c.id: c.display for c in inputs["catalog"]})
+    if report["accepted"] == 0:
+        reasons = ", ".join(f"{k} {v}" for k, v in report["rejected"].items()) or "no labelled image found"
+        print(f"error: no image of this site was accepted ({reasons}): it cannot train", file=sys.stderr)
+        return EXIT_NOTHING_ACCEPTED
     return 0
 
 
@@ -104,28 +111,64 @@ def add_preprocess(sub: Any) -> None:
     p = sub.add_parser("preprocess", help="build the site's cache (a second run on unchanged data does no work)")
     _add_site_args(p)
     p.add_argument("--cache", type=Path, help="cache folder (default: [site] cache-dir of --config)")
+    p.add_argument("--image-size", type=int, help="crop size of the cache (default: the app's run config image-size)")
     p.set_defaults(func=cmd_preprocess)
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from client.data.site_data import load_site
     from common.errors import ConfigError
 
     inputs = _site_inputs(args)
     config_cache = inputs.pop("config_cache")
+    encoder_path = inputs.pop("encoder_path")
     cache = args.cache or config_cache
     if cache is None:
         raise ConfigError("pass --cache DIR (or --config site.toml)")
+    # The run's crop size (the app's run config unless --image-size says otherwise): the cache a run will read.
+    inputs["params"] = dataclasses.replace(inputs["params"], image_size=args.image_size or _run_image_size())
     data = load_site(**inputs, cache_dir=cache, progress=not args.json, workers=args.workers)
+    encoded = _encode(data, encoder_path, inputs["params"], cache)
     if args.json:
-        print(json.dumps({**data.report.to_dict(), "processed": data.decoded, "from_cache": data.cached}, indent=2))
+        print(json.dumps({**data.report.to_dict(), "processed": data.decoded, "from_cache": data.cached,
+                          "image_size": inputs["params"].image_size, "features_encoded": encoded}, indent=2))
     elif data.decoded == 0:
         print(f"cache up to date: nothing to do ({data.cached} files from the cache, "
               f"{data.report.accepted} accepted, {sum(data.report.rejected.values())} rejected)")
     else:
         print(f"cache ready: processed {data.decoded} files ({data.cached} from the cache); "
               f"{data.report.accepted} accepted, {sum(data.report.rejected.values())} rejected")
+    if encoded is not None and not args.json:
+        print(f"encoder features: {encoded} image(s) encoded, the rest from the feature cache")
     return 0
+
+
+def _run_image_size() -> int:
+    """The image size of the app's run config (``[tool.flwr.app.config]`` beside this code), else RunConfig's."""
+    import tomllib
+
+    from common.config import RunConfig
+
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    if pyproject.is_file():
+        app = tomllib.loads(pyproject.read_text()).get("tool", {}).get("flwr", {}).get("app", {})
+        return int(app.get("config", {}).get("image-size", RunConfig().image_size))
+    return RunConfig().image_size
+
+
+def _encode(data: Any, encoder_path: Path | None, params: Any, cache: Path) -> int | None:
+    """Fill the feature cache with the site's public encoder (None when the site has none)."""
+    if encoder_path is None:
+        return None
+    from client.data.features import site_features
+    from common.encoders import load_encoder
+
+    encoder = load_encoder(encoder_path)
+    if encoder.config.image_size != params.image_size:
+        return None  # features only exist for the crop size the encoder takes
+    return site_features(data, encoder, params=params, cache_dir=cache).encoded
 
 
 # ---------------------------------------------------------------------------- parser

@@ -4,4 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
-exec .venv/bin/python -m pytest "$@"
+VENV="${IMPLANTFL_VENV:-.venv}"  # the environment setup_env.sh made
+exec "$VENV/bin/python" -m pytest "$@"

@@ -10,6 +10,7 @@ app with :func:`build_server_app`.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,10 @@ from flwr.serverapp import Grid, ServerApp
 
 from common.catalog import Catalog
 from common.config import RunConfig
-from common.errors import ConfigError
+from common.errors import ConfigError, ImplantFLError
 from common.models import build_model
 from server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from server.history import RoundRecord
+from server.history import RoundRecord, run_outcome
 from server.loop import EvaluateFn, LoopState, RoundHook, run_rounds
 from server.strategy import (
     build_strategy,
@@ -102,7 +103,13 @@ def _resolve(setup: RunSetup, context: Context) -> tuple[RunConfig, Catalog, Pat
 
 
 def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
-    """Run (or resume) a federated training and return its final state."""
+    """Run (or resume) a federated training and return its final state.
+
+    The run's outcome (:func:`server.history.run_outcome`) goes into the checkpoint; a
+    deployment (no central evaluation) also writes ``results.json`` and ``report.md``
+    there. A run whose rounds all failed raises, so Flower marks it failed.
+    """
+    started = time.monotonic()
     cfg, catalog, ckpt_dir = _resolve(setup, context)
     cfg, encoder = _encoder(setup, cfg, dict(context.run_config))
     meta = {"config": cfg.to_flower(), "catalog-fingerprint": catalog.fingerprint(), "strategy": cfg.strategy}
@@ -130,6 +137,19 @@ def run(grid: Grid, context: Context, setup: RunSetup) -> LoopState:
         send_config=send_config, evaluate_fn=setup.evaluate_fn, on_round_end=on_round_end, context=context,
     )
     setup.final = state
+    rounds = state.history.to_list()
+    outcome = run_outcome(rounds, cfg.num_server_rounds)
+    if ckpt_dir is not None:
+        meta["outcome"] = outcome
+        save_checkpoint(ckpt_dir, Checkpoint(state.history.rounds[-1].round if rounds else 0, state.arrays,
+                                             state.history, meta, strategy_arrays(strategy)))
+        if setup.evaluate_fn is None:  # a deployment: the operator's report, from what the server holds
+            from server.deploy_report import deployment_results, write_deployment_report
+
+            write_deployment_report(ckpt_dir, deployment_results(cfg, rounds, outcome=outcome, started=started,
+                                                                 checkpoint_dir=ckpt_dir))
+    if outcome["status"] == "failed":
+        raise ImplantFLError(outcome["reason"])
     return state
 
 

@@ -280,8 +280,10 @@ def _export(args: argparse.Namespace) -> int:
     out = export_release(args.run, args.out, Catalog.load(catalog_path), preprocess, onnx=not args.no_onnx,
                          encoder_dir=encoder)
     info = json.loads((out / "model.json").read_text())
+    for artefact in sorted(p for p in out.iterdir() if p.is_file()):
+        print(f"{artefact}  ({artefact.stat().st_size:,} bytes)")
     print(f"release written to {out} ({info['model']}, {info['num_classes']} classes"
-          f"{', model.onnx' if info.get('onnx', {}).get('exported') else ''})")
+          f"{'' if info.get('onnx', {}).get('exported') else '; no model.onnx: ' + str(info.get('onnx', {}).get('reason', ''))})")
     return 0
 
 

@@ -16,6 +16,7 @@ from common.catalog import Catalog
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
+from server.deploy_report import federated_final
 from server.guarantees import guarantees
 from server.release import write_release
 
@@ -63,6 +64,7 @@ def export_release(
         "sites": {name: {"train": s.get("train-examples", ""), "val": s.get("val-examples", "")}
                   for name, s in summary["sites"].items()},
         "rounds_done": ckpt.round,
+        "final": federated_final(ckpt.history.to_list()),
     }
     card.update(guarantees(cfg, card["rounds"], num_sites=len(card["sites"])))
     return write_release(Path(out), arrays=ckpt.arrays, config=cfg, catalog=catalog, preprocess=params,

@@ -86,19 +86,51 @@ def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, *, dynamo: bool
         if dynamic:
             kwargs["dynamic_axes"] = {"image": {0: "batch"}, "logits": {0: "batch"}}
     sink = io.StringIO()
-    # The exporters print progress, log optional-package notices and warn about traced ops;
-    # none of it is actionable here (the parity check decides).
-    torch_onnx_log = logging.getLogger("torch.onnx")
-    level = torch_onnx_log.level
-    torch_onnx_log.setLevel(logging.ERROR)
+    # The exporters print progress and graph dumps (to stdout and stderr), log optional-package
+    # notices and warn about traced ops; none of it is actionable here (the parity check decides),
+    # so it goes to the debug log.
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(sink):
+        with warnings.catch_warnings(), _native_output(sink), contextlib.redirect_stdout(sink), \
+                contextlib.redirect_stderr(sink):
             warnings.simplefilter("ignore")
             result = torch.onnx.export(model, (x,), None if dynamo else str(path), **kwargs)
+            if dynamo:
+                result.save(str(path))
     finally:
-        torch_onnx_log.setLevel(level)
-    if dynamo:
-        result.save(str(path))
+        for log, level in zip(quiet, levels, strict=True):
+            log.setLevel(level)
+        if sink.getvalue():
+            logger.debug("ONNX exporter output:\n%s", sink.getvalue())
+
+
+@contextlib.contextmanager
+def _native_output(sink: io.StringIO):  # noqa: ANN202
+    """Capture what native code writes to file descriptors 1 and 2 (TorchScript's graph dumps) into ``sink``."""
+    import os
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            tmp.seek(0)
+            sink.write(tmp.read().decode("utf-8", errors="replace"))
 
 
 def run_onnx(path: Path, x: np.ndarray) -> tuple[np.ndarray, str]:

@@ -121,10 +121,10 @@ operative records or implant stickers before ordering parts.
 - Names only the catalog's classes below: an implant outside the catalog cannot be named and
   is, at best, reported as `unknown` (calibrated top probability below the threshold, or the
   image rejected by the quality gate). `unknown` is a screen, not a guarantee.
-- Metrics come from the held-out test set and the sites' validation splits of this run; a
-  hospital whose scanners, views or patient mix differ should check it on its own images
-  (`implantfl-client calibrate` refits the confidence on a site's validation split).
-- Differential privacy protects each training image at its site (sample-level DP-SGD); it
+- Where the metrics below come from is stated with them; a hospital whose scanners, views
+  or patient mix differ should check the model on its own images (`implantfl-client
+  calibrate` refits the confidence on a site's validation split).
+- Differential privacy protects each training image at its site; it
   lowers accuracy, most for the classes with the fewest images.
 """
 
@@ -183,8 +183,14 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _global_metrics(final: Mapping[str, Any]) -> list[str]:
     if not final:
-        return []
-    lines = ["", "## Global test metrics", f"On {final.get('examples', 0)} held-out test images:", "",
+        return ["", "## Global metrics", "None: the run recorded no evaluation (a deployment without validation "
+                "images at its sites has no central test set)."]
+    if final.get("source"):  # a deployment: the sites' federated evaluation
+        return ["", "## Global metrics", f"Source: {final['source']} ({final.get('examples', 0)} images, round "
+                f"{final.get('round', '?')}); a deployment has no central test set.", "",
+                f"- top-1 accuracy {_fmt(final.get('accuracy'))}", f"- loss {_fmt(final.get('loss'))}"]
+    lines = ["", "## Global test metrics",
+             f"Source: the central held-out test set of this simulated run ({final.get('examples', 0)} images).", "",
              f"- top-1 accuracy {_fmt(final.get('accuracy'))}", f"- top-3 accuracy {_fmt(final.get('top3_accuracy'))}",
              f"- macro F1 {_fmt(final.get('macro_f1'))}", f"- macro one-vs-rest ROC AUC {_fmt(final.get('macro_auc'))}",
              f"- expected calibration error {_fmt(final.get('ece'))} (before temperature scaling)"]

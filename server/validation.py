@@ -132,7 +132,9 @@ def validate_replies(
         metrics = metrics_of(msg)
         sent = update_bytes(msg)
         if status == "ok":
-            if not metrics or metrics.get("num-examples", 0) <= 0:
+            if (not metrics or metrics.get("num-examples", 0) <= 0) and reference is None:
+                status, reason = "no-data", "no validation images at this site"  # an evaluation reply
+            elif not metrics or metrics.get("num-examples", 0) <= 0:
                 status, reason = "rejected", "no examples reported"
             elif reference is not None:
                 problem = rebuild_arrays(msg, reference) or check_arrays(msg, reference, max_update_norm)

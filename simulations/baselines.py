@@ -14,7 +14,6 @@ They cost seconds once the features are cached.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
@@ -113,44 +112,3 @@ def cnn_baseline_config(cfg: RunConfig) -> RunConfig:
     """The study CNN's pooled recipe (Adam, 20 passes, batch 32): the end-to-end non-private reference."""
     return cfg.replace(head="none", encoder="", model="cnn", num_server_rounds=10, local_epochs=2, optimizer="adam",
                        learning_rate=0.002, batch_size=32, dp=False)
-
-
-def best_pooled(baseline: Mapping[str, object]) -> tuple[str, float]:
-    """The best non-private pooled baseline: (name, top-1); ("", -inf) when there is none."""
-    best = ("", -math.inf)
-    for name, b in (baseline or {}).items():
-        if isinstance(b, dict) and "final" in b and not b.get("dp") and name != "single_site":
-            acc = float(b["final"]["accuracy"])
-            if acc > best[1]:
-                best = (name, acc)
-    return best
-
-
-BASELINE_LABELS = {
-    "pooled": "pooled, same encoder and head, no DP",
-    "pooled_cnn": "pooled, study CNN end to end, no DP",
-    "pooled_dp": "pooled as one DP site, same epsilon",
-}
-
-
-def baseline_rows(results: Mapping[str, object]) -> list[dict]:
-    """Federated and baseline rows for summaries: ``{name, label, final (or None), accuracy, dp, epsilon}``.
-
-    The best single site is one row (``single_site``: its accuracy only). A run without a head
-    has one baseline, ``pooled`` (the same model pooled, no DP).
-    """
-    rows = [{"name": "federated", "label": "federated", "final": results.get("final", {}),
-             "accuracy": results.get("final", {}).get("accuracy"), "dp": bool(results.get("config", {}).get("dp")),
-             "epsilon": max((p.get("epsilon", 0.0) for p in results.get("privacy", {}).values()), default=0.0)}]
-    baseline = results.get("baseline", {}) or {}
-    for name in ("pooled", "pooled_cnn", "pooled_dp", "centralized"):
-        b = baseline.get(name)
-        if isinstance(b, dict) and "final" in b:
-            rows.append({"name": name, "label": BASELINE_LABELS.get(name, "pooled, no DP"), "final": b["final"],
-                         "accuracy": b["final"].get("accuracy"), "dp": bool(b.get("dp")), "epsilon": b.get("epsilon", 0.0)})
-    singles = baseline.get("single_site") or {}
-    if singles:
-        site, best = max(singles.items(), key=lambda kv: kv[1].get("accuracy", 0.0))
-        rows.append({"name": "single_site", "label": f"best single site alone ({site}), DP", "final": None,
-                     "accuracy": best.get("accuracy"), "dp": True, "epsilon": best.get("epsilon", 0.0)})
-    return rows

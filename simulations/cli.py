@@ -90,13 +90,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2, default=str))
     else:
         print_summary(results)
+    outcome = results.get("outcome", {})
+    if outcome.get("status") == "failed":
+        print(f"error: the run failed: {outcome.get('reason')}", file=sys.stderr)
+        return 1
     return 0
 
 
 def cmd_centralized(args: argparse.Namespace) -> int:
+    from server.report import write_results
     from simulations import runner
     from simulations.centralized import train_centralized
-    from simulations.report import write_results
 
     opts = _options(args, baseline=True)
     opts.overrides.setdefault("head", "none")  # the end-to-end model pooled; a run's results hold the head baselines

@@ -21,8 +21,9 @@ from typing import Any
 
 from common.config import RunConfig
 from common.device import pick_device
-from common.errors import ConfigError
+from common.errors import ConfigError, ImplantFLError
 from common.preprocess_params import PreprocessParams
+from server.history import run_outcome
 from simulations.federation import Federation, default_cache_root, ensure_synthetic, simulated_sites
 from simulations.presets import load_preset
 
@@ -167,6 +168,7 @@ def run(opts: SimOptions) -> dict[str, Any]:
                       "qc": d.report.to_dict()} for n, d in data.items()},
         "rounds": state.history.to_list(),
         "final": final,
+        "outcome": run_outcome(state.history.to_list(), prep.cfg.num_server_rounds),
     }
     if prep.encoder_dir is not None:
         from common.encoders import read_card
@@ -285,6 +287,10 @@ def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -
         try:
             run_simulation(server_app=build_server_app(setup), client_app=build_client_app(sites),
                            num_supernodes=len(sites), backend_config=backend)
+        except ImplantFLError as e:
+            if setup.final is None:
+                raise
+            logger.warning("the federation ended failed: %s", e)  # its rounds are recorded: results say why
         finally:
             flwr_logger.setLevel(old)
     if setup.final is None:
@@ -333,7 +339,7 @@ def simulated_policy(cfg: RunConfig) -> dict[str, Any] | None:
 
 def write_outputs(prep: Prepared, arrays: Any, results: dict[str, Any], calibration: Any = None) -> None:
     from server.release import write_release
-    from simulations.report import write_plots, write_report, write_results
+    from server.report import write_plots, write_report, write_results
 
     write_results(prep.out, results)
     write_release(prep.out / "release", arrays=arrays, config=prep.cfg, catalog=prep.fed.catalog,

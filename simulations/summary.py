@@ -15,7 +15,7 @@ def print_summary(results: dict[str, Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    from simulations.baselines import baseline_rows, best_pooled
+    from server.report import baseline_rows, best_pooled
 
     rows = baseline_rows(results)
     table = Table(title="ImplantFL run summary", show_header=True)
@@ -101,7 +101,7 @@ def compare_runs(runs: list[Path]) -> list[dict[str, Any]]:
 
 
 def _best_baseline(res: dict[str, Any]) -> float | None:
-    from simulations.baselines import best_pooled
+    from server.report import best_pooled
 
     name, acc = best_pooled(res.get("baseline", {}))
     return acc if name else None

@@ -34,12 +34,37 @@ def prepare(config: Path, *, insecure: bool = False) -> tuple[list[str], dict[st
     conn = SiteConnection.load(path, insecure=insecure)
     site = _load_site(path)
     conn.check_files(insecure=insecure)
+    _check_device(site.device)
+    _check_encoder(site)
     if insecure:
         logger.warning("INSECURE: this SuperNode connects without TLS and without node authentication")
     state_dir = Path(getattr(site, "state_dir", path.parent / "state"))
     flwr_home = state_dir / "flwr"
     flwr_home.mkdir(parents=True, exist_ok=True)
     return supernode_command(conn, path, insecure=insecure, runtime_port=free_port()), _env(flwr_home)
+
+
+def _check_device(device: str) -> None:
+    """``[site] device`` names a device this machine has (checked before any connection)."""
+    from common.device import pick_device
+
+    try:
+        pick_device(device)
+    except ConfigError as e:
+        raise ConfigError(f"[site] device: {e}") from None
+
+
+def _check_encoder(site: Any) -> None:
+    """``[site] encoder``, when set, is a readable public encoder (its hash is checked per run)."""
+    if site.encoder_path is None:
+        logger.warning("[site] encoder is not set: runs with a head on the public encoder (the default) will be refused")
+        return
+    from common.encoders import load_encoder
+
+    try:
+        load_encoder(site.encoder_path)
+    except ImplantFLError as e:
+        raise ConfigError(f"[site] encoder: {e}") from None
 
 
 def _load_site(path: Path) -> Any:

@@ -1,10 +1,13 @@
 """Site daemon commands: ``implantfl-client keys`` and ``implantfl-client start``.
 
 ``start`` validates the whole site configuration first (:func:`client.site.daemon.prepare`)
-and exits 2 with a clear message before any connection is attempted; then it replaces
-itself with ``flower-supernode`` so that a service manager (systemd) supervises the
-SuperNode directly. Command handlers print to the terminal; the library code they call
-logs.
+and exits 2 with a clear message before any connection is attempted; then it runs
+``flower-supernode`` as its child, passes its output through and forwards SIGTERM/SIGINT
+to it (a service manager supervises the pair as one), and reads the output for the one
+failure a site cannot diagnose alone: a key the SuperLink does not know. Flower says only
+"Failed to activate SuperNode" (the cause is in the server's log); ``start`` then says the
+key is not registered and which command the operator must run, and exits 3. Command
+handlers print to the terminal; the library code they call logs.
 
 Mounted in ``client.cli`` with :func:`add_parsers`; ``python -m client.site.daemon_cli`` works too.
 """
@@ -14,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,10 +68,43 @@ def cmd_start(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps({"command": cmd, "flwr_home": env["FLWR_HOME"]}))
         return 0
+    return run_supernode(cmd, env)
+
+
+NOT_REGISTERED = "Failed to activate SuperNode"  # what flower-supernode prints when the SuperLink refuses its key
+EXIT_NOT_REGISTERED = 3
+
+
+def run_supernode(cmd: list[str], env: dict[str, str]) -> int:
+    """Run the SuperNode as a child, pass its output through, explain an unregistered key; its exit code."""
+    import signal
+    import subprocess
+
     sys.stdout.flush()
-    sys.stderr.flush()
-    os.execve(cmd[0], cmd, env)
-    return 1  # not reached
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            errors="replace")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
+    refused = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        refused = refused or NOT_REGISTERED in line
+    code = proc.wait()
+    if refused:
+        key = _public_key(cmd)
+        print(f"error: the SuperLink does not know this site's key. Send {key} to the consortium operator, who "
+              f"runs: implantfl-server register --public-key {key.name} --config server.toml "
+              "(then start this site again)", file=sys.stderr)
+        return EXIT_NOT_REGISTERED
+    return code
+
+
+def _public_key(cmd: list[str]) -> Path:
+    flag = "--auth-supernode-private-key"
+    private = Path(cmd[cmd.index(flag) + 1]) if flag in cmd else Path("site.key")
+    return private.with_suffix(".pub")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,7 +193,7 @@ def load_encoder(path: Path, *, expected_sha256: str | None = None) -> FrozenEnc
         state = blob["state_dict"]
         encoder = FrozenEncoder(BackboneConfig.from_dict(blob["config"]), out_dim=int(state["projection"].shape[1]))
         encoder.load_state_dict(state, strict=True)
-    except (KeyError, ValueError, RuntimeError, EOFError, TypeError, pickle.UnpicklingError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever a damaged or foreign file raises, it is refused the same way
         raise InvalidInputError(f"the encoder file cannot be loaded ({type(e).__name__})") from e
     encoder.sha256 = digest
     return encoder

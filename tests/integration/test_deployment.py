@@ -216,9 +216,11 @@ def test_a_node_with_an_unregistered_key_is_refused(deployment: Deployment):
         _stop_group(proc, sig=signal.SIGKILL)
     # Assert: it exits by itself, quickly, saying why
     output = (home / "start.log").read_text(errors="replace")
-    assert code != 0, output
+    assert code == 3, output
     assert time.monotonic() - t0 < 60
     assert "Failed to activate SuperNode" in output
+    # ... and the site's own terminal says why, with the command the operator must run
+    assert "does not know this site's key" in output and "implantfl-server register --public-key site.pub" in output
 
 
 @pytest.mark.timeout(120)
@@ -276,7 +278,7 @@ def test_two_rounds_on_three_sites_then_status_and_export(deployment: Deployment
     assert set(status["sites"]) == set(SITES)
     for name in SITES:
         site = status["sites"][name]
-        assert site["status"] == "ok" and site["rounds_used"] == 2
+        assert site["status"] == "ok" and site["rounds_trained"] == 2
         assert site["train-examples"] > 0 and 0.0 <= site["val-accuracy"] <= 1.0
         assert status["epsilon"][name] > 0
     history = deployment.state("ckpt-main")["history"]

@@ -79,3 +79,34 @@ def test_preprocess_twice_does_no_work_the_second_time(fed, tmp_path, capsys):
 def test_parser_registers_the_site_commands():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert {"check", "preprocess"} <= set(sub.choices)
+
+
+def test_check_of_a_site_with_nothing_accepted_exits_non_zero_and_says_so(tmp_path, catalog, capsys):
+    # Prepare: a site whose only files are not images
+    root = tmp_path / "FED"
+    site = root / "sites" / "junk"
+    (site / "images").mkdir(parents=True)
+    (site / "images" / "a.png").write_bytes(b"not a png")
+    (site / "labels.csv").write_text("file,label\nimages/a.png,stem-a\n")
+    catalog.save(root / "catalog.json")
+    # Execute
+    code = main(["check", "--data", str(site), "--json"])
+    # Assert
+    captured = capsys.readouterr()
+    assert code == 3 and "no image of this site was accepted" in captured.err
+    assert json.loads(captured.out)["accepted"] == 0
+
+
+def test_preprocess_builds_the_cache_at_the_runs_image_size(fed, tmp_path, capsys):
+    # Prepare: the app's run config (pyproject) decides the crop size a run will read
+    from client.cli import _run_image_size
+
+    # Execute
+    code = main(["preprocess", "--data", str(fed / "sites" / "site-a"), "--cache", str(tmp_path / "c"), "--json"])
+    # Assert: the cache key is the run's parameters, so a run at that size finds it
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["image_size"] == _run_image_size() == 64
+    from client.data.cache import SiteCache
+    from common.preprocess_params import PreprocessParams
+
+    assert SiteCache(tmp_path / "c", PreprocessParams(image_size=64)).manifest_path.exists()

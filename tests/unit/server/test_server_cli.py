@@ -312,14 +312,18 @@ def test_status_before_any_round_says_zero(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rounds_done"] == 0
 
 
-def test_export_writes_a_loadable_release_with_a_model_card(tmp_path):
+def test_export_writes_a_loadable_release_with_a_model_card(tmp_path, capfd):
     from server.release import load_release
 
     # Prepare
     ckpt, catalog = _checkpoint(tmp_path)
     # Execute
     code = main(["export", "--run", str(ckpt), "--out", str(tmp_path / "release"), "--catalog", str(catalog)])
-    # Assert
+    # Assert: one line per artefact and a last line; the exporters' internals stay in the debug log
+    out = capfd.readouterr()
+    files = sorted(p.name for p in (tmp_path / "release").iterdir() if p.is_file())
+    assert out.out.count("\n") == len(files) + 1 and all(name in out.out for name in files)
+    assert "Torch IR" not in out.out + out.err and "INFO" not in out.out + out.err
     assert code == 0
     rel = load_release(tmp_path / "release")
     assert len(rel.catalog) == 2 and rel.info["image_size"] == 32
@@ -327,6 +331,8 @@ def test_export_writes_a_loadable_release_with_a_model_card(tmp_path):
     privacy = card.split("## Privacy")[1]
     assert "| site-a | 1.00 |" in card and "| site-b |" not in privacy  # it trained in no round of this run
     assert "Refused every round" in privacy and "site-b" in privacy
+    # a deployment has no central test set: the card says where its metrics come from
+    assert "test set of this simulated run" not in card and "no central test set" in card
 
 
 def test_export_refuses_another_catalog(tmp_path):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,6 @@ def _accuracy(plots: Path, results: dict[str, Any]) -> list[Path]:
         ys = [r["aggregate"].get(key, math.nan) for r in rounds]
         if any(not math.isnan(y) for y in ys):
             ax.plot(xs, ys, marker="o", label=label)
-    from simulations.baselines import best_pooled
-
     name, base = best_pooled(results.get("baseline", {}))
     if name:
         ax.axhline(base, color="grey", linestyle="--", label=f"best pooled, no DP ({name})")
@@ -86,8 +85,6 @@ def _accuracy(plots: Path, results: dict[str, Any]) -> list[Path]:
 
 def _baselines(plots: Path, results: dict[str, Any]) -> list[Path]:
     import matplotlib.pyplot as plt
-
-    from simulations.baselines import baseline_rows
 
     rows = [r for r in baseline_rows(results) if r["accuracy"] is not None]
     if len(rows) < 2:
@@ -207,8 +204,6 @@ def _f(value: Any, digits: int = 4) -> str:
 
 def write_report(out: Path, results: dict[str, Any]) -> Path:
     """report.md: headline metrics, per-site and per-class tables, privacy, every plot."""
-    from simulations.baselines import baseline_rows
-
     final = results.get("final", {})
     lines = [f"# ImplantFL run report: {results['config'].get('preset', '')}", ""]
     lines += ["| | top-1 accuracy | top-3 accuracy | macro F1 | macro AUC | ECE | epsilon |", "|---|---|---|---|---|---|---|"]
@@ -263,3 +258,44 @@ def _site_table(results: dict[str, Any]) -> list[str]:
         s = sites.get(name, {})
         lines.append(f"| {name} | {s.get('kind', '')} | {s.get('train', '')} | {s.get('val', '')} | {_f(acc.get(name, math.nan), 3)} |")
     return lines
+
+
+def best_pooled(baseline: Mapping[str, object]) -> tuple[str, float]:
+    """The best non-private pooled baseline: (name, top-1); ("", -inf) when there is none."""
+    best = ("", -math.inf)
+    for name, b in (baseline or {}).items():
+        if isinstance(b, dict) and "final" in b and not b.get("dp") and name != "single_site":
+            acc = float(b["final"]["accuracy"])
+            if acc > best[1]:
+                best = (name, acc)
+    return best
+
+
+BASELINE_LABELS = {
+    "pooled": "pooled, same encoder and head, no DP",
+    "pooled_cnn": "pooled, study CNN end to end, no DP",
+    "pooled_dp": "pooled as one DP site, same epsilon",
+}
+
+
+def baseline_rows(results: Mapping[str, object]) -> list[dict]:
+    """Federated and baseline rows for summaries: ``{name, label, final (or None), accuracy, dp, epsilon}``.
+
+    The best single site is one row (``single_site``: its accuracy only). A run without a head
+    has one baseline, ``pooled`` (the same model pooled, no DP).
+    """
+    rows = [{"name": "federated", "label": "federated", "final": results.get("final", {}),
+             "accuracy": results.get("final", {}).get("accuracy"), "dp": bool(results.get("config", {}).get("dp")),
+             "epsilon": max((p.get("epsilon", 0.0) for p in results.get("privacy", {}).values()), default=0.0)}]
+    baseline = results.get("baseline", {}) or {}
+    for name in ("pooled", "pooled_cnn", "pooled_dp", "centralized"):
+        b = baseline.get(name)
+        if isinstance(b, dict) and "final" in b:
+            rows.append({"name": name, "label": BASELINE_LABELS.get(name, "pooled, no DP"), "final": b["final"],
+                         "accuracy": b["final"].get("accuracy"), "dp": bool(b.get("dp")), "epsilon": b.get("epsilon", 0.0)})
+    singles = baseline.get("single_site") or {}
+    if singles:
+        site, best = max(singles.items(), key=lambda kv: kv[1].get("accuracy", 0.0))
+        rows.append({"name": "single_site", "label": f"best single site alone ({site}), DP", "final": None,
+                     "accuracy": best.get("accuracy"), "dp": True, "epsilon": best.get("epsilon", 0.0)})
+    return rows
