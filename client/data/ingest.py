@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from client.data.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
+from client.data.raster import png_sbit, raster_size, significant_bits
 from common.errors import UnreadableImageError
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
@@ -319,39 +320,19 @@ def _read_raster(path: Path, head: bytes, params: PreprocessParams, token: str) 
         raise IngestError(token, "not a readable image file")
     _check_size(arr.shape[0], arr.shape[1], params, token)
     notes: list[str] = []
+    bits = int(arr.dtype.itemsize * 8)
     if arr.dtype == np.uint8:
         scale = 255.0
-    elif arr.dtype == np.uint16:
-        scale = 65535.0
+    elif arr.dtype == np.uint16:  # by its significant bits: a 12-bit detector stored in 16 bits is not 1/16 bright
+        bits = significant_bits(arr, png_sbit(data.tobytes()) if head.startswith(_PNG_SIG) else None)
+        scale = float(2**bits - 1)
     else:
         scale = 0.0  # float / other integer types: min-max below
     gray = _to_gray(arr.astype(np.float32), notes, bgr=True) if arr.ndim == 3 else arr.astype(np.float32)
     pixels = gray / scale if scale else _unit_range(gray.astype(np.float64)).astype(np.float32)
     fields = {"source": "png" if head.startswith(_PNG_SIG) else "raster", "stored_shape": [int(arr.shape[0]), int(arr.shape[1])],
-              "BitsStored": int(arr.dtype.itemsize * 8)}
+              "BitsStored": bits}
     return IngestedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32), fields, notes, [])
-
-
-def raster_size(head: bytes) -> tuple[int, int] | None:
-    """(rows, columns) from a PNG, JPEG or BMP header without decoding; None if unknown."""
-    if head.startswith(_PNG_SIG) and len(head) >= 24 and head[12:16] == b"IHDR":
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    if head.startswith(b"BM") and len(head) >= 26:
-        return abs(int.from_bytes(head[22:26], "little", signed=True)), abs(int.from_bytes(head[18:22], "little", signed=True))
-    if head.startswith(b"\xff\xd8"):
-        i = 2
-        while i + 9 < len(head):
-            if head[i] != 0xFF:
-                return None
-            marker = head[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            length = int.from_bytes(head[i + 2:i + 4], "big")
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-                return int.from_bytes(head[i + 5:i + 7], "big"), int.from_bytes(head[i + 7:i + 9], "big")
-            i += 2 + length
-    return None
 
 
 # ---------------------------------------------------------------------------- shared

@@ -20,7 +20,8 @@ import numpy as np
 from client.data.cache import CacheEntry, SiteCache
 from client.data.ingest import IngestError, read_image
 from client.data.layout import Item, list_items, map_labels
-from client.data.qc import UNREADABLE, QCReport, Rejected, check_pixels
+from client.data.qc import BLANK, NO_IMPLANT, UNREADABLE, QCReport, Rejected, check_pixels
+from client.data.raster import RASTER_SOURCES, percentile_window
 from client.data.transforms import Compose, Sample, build_eval_pipeline
 from client.site.config import label_map_of
 from common.catalog import Catalog
@@ -29,6 +30,8 @@ from common.preprocess_params import PreprocessParams
 from common.redact import file_token
 
 logger = logging.getLogger(__name__)
+
+WINDOWABLE = (BLANK, NO_IMPLANT)  # gate reasons a percentile window can turn around for a dark raster
 
 
 @dataclass
@@ -84,28 +87,47 @@ class FileResult:
 
 
 def process_file(path: Path, params: PreprocessParams, pipeline: Compose | None = None) -> FileResult:
-    """Ingest, QC and preprocess one file. Never raises for a bad file: returns the reason."""
+    """Ingest, QC and preprocess one file. Never raises for a bad file: returns the reason.
+
+    A raster (PNG, TIFF, JPEG) that the gate finds blank or without an implant is tried
+    once more, windowed by its own percentiles, as a VOI window would show it (a dark or
+    low-contrast export); rasters that pass as they are keep their exact model input.
+    """
     token = file_token(path)
     try:
         img = read_image(path, params)
     except IngestError as e:
         logger.info("rejected %s: %s (%s)", token, e.reason, e.detail)
         return FileResult(None, e.reason)
-    reason = check_pixels(img.pixels, params, img.fields.get("stored_shape"))
+    run = pipeline or build_eval_pipeline(params)
+    out, reason = _preprocess(img.pixels, img.fields.get("stored_shape"), params, run, token)
+    if reason in WINDOWABLE and img.fields.get("source") in RASTER_SOURCES:
+        windowed = percentile_window(img.pixels)
+        if windowed is not None:
+            retried, again = _preprocess(windowed, img.fields.get("stored_shape"), params, run, token)
+            if again is None:
+                logger.info("%s: windowed by its percentiles (a dark or low-contrast raster)", token)
+                out, reason = retried, None
     if reason is None:
-        try:
-            out = (pipeline or build_eval_pipeline(params))(Sample(img.pixels)).image
-            return FileResult(np.asarray(out, np.float32), None, img.phi)
-        except Rejected as r:
-            reason = r.reason
-        except InvalidInputError as e:  # our own messages (e.g. TransformError) name no file
-            logger.warning("rejected %s: preprocessing failed (%s)", token, e)
-            reason = UNREADABLE
-        except Exception as e:  # noqa: BLE001 - a bad file never stops the pipeline
-            logger.warning("rejected %s: preprocessing failed (%s)", token, type(e).__name__)
-            reason = UNREADABLE
+        return FileResult(out, None, img.phi)
     logger.info("rejected %s: %s", token, reason)
     return FileResult(None, reason, img.phi)
+
+
+def _preprocess(pixels: np.ndarray, stored_shape: object, params: PreprocessParams, run: Compose,
+                token: str) -> tuple[np.ndarray | None, str | None]:
+    reason = check_pixels(pixels, params, stored_shape)
+    if reason is not None:
+        return None, reason
+    try:
+        return np.asarray(run(Sample(pixels)).image, np.float32), None
+    except Rejected as r:
+        return None, r.reason
+    except InvalidInputError as e:  # our own messages (e.g. TransformError) name no file
+        logger.warning("rejected %s: preprocessing failed (%s)", token, e)
+    except Exception as e:  # noqa: BLE001 - a bad file never stops the pipeline
+        logger.warning("rejected %s: preprocessing failed (%s)", token, type(e).__name__)
+    return None, UNREADABLE
 
 
 def in_val_split(rel: str, fraction: float) -> bool:
