@@ -62,6 +62,10 @@ TARGETS: tuple[Target, ...] = (
     Target("privacy_utility", r"generated_dp-stats_eps8_accuracy", ">=", 0.85,
            "the default route (generated encoder, dp-stats head) at least 0.85 top-1 at epsilon 8",
            headline="generated_dp-stats_eps8_accuracy"),
+    Target("open_set", r"unseen_flagged_unknown_share", ">=", 0.90,
+           "designs outside the catalog flagged unknown (main job's release)", headline="unseen_flagged_unknown_share"),
+    Target("open_set", r"known_correct_passed_share", ">=", 0.95,
+           "correctly identified catalog images not flagged unknown", headline="known_correct_passed_share"),
     Target("preprocess", r"preprocess_over_decode_ratio", "<=", 11.0,
            "a site's per-file preprocessing within 11x bare decoding (one core)", headline="preprocess_over_decode_ratio"),
 )

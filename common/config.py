@@ -44,6 +44,8 @@ class RunConfig:
     dp_stats_solver: str = "cosine"  # dp-stats: what the server solves from the summed statistics (DP_STATS_SOLVERS)
     dp_stats_share: float = 0.5  # dp-stats+linear: share of target-epsilon the statistics release spends
     dp_stats_ridge: float = 1.0  # dp-stats with lda / ridge: regulariser of the noised covariance
+    # the release gate's consortium minimum top-1 (common.release_gate: why 0.80); below it a release is unfit
+    release_min_accuracy: float = 0.80
     model: str = "cnn"  # model registry name (common.models.MODELS), with head = none
     image_size: int = 64  # model input side, pixels (must match preprocessing)
     local_epochs: int = 1  # passes over the site's training split per round
@@ -134,6 +136,7 @@ class RunConfig:
             "secagg_max_weight": (1, 10**9),
             "dp_stats_share": (0.01, 0.99),
             "dp_stats_ridge": (0.0, 1e6),
+            "release_min_accuracy": (0.0, 1.0),
         }
         choices = {"strategy": STRATEGIES, "accountant": ACCOUNTANTS, "local_loss": LOSSES, "optimizer": OPTIMIZERS,
                    "grad_sample_mode": GRAD_SAMPLE_MODES, "update_compression": COMPRESSIONS,

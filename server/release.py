@@ -35,6 +35,7 @@ from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
 from common.privacy_plan import noise_statement
 from common.release_files import ENCODER_MODEL, Release, image_model, load_release
+from common.release_gate import verdict_for
 
 __all__ = ["Release", "load_release", "model_card", "write_release"]
 
@@ -86,6 +87,9 @@ def write_release(
         (out / "model.onnx").unlink(missing_ok=True)
         info["onnx"] = {"exported": False, "reason": "not requested"}
     cal = calibration or Calibration()
+    verdict = verdict_for(dict((summary or {}).get("final") or {}), num_classes=len(catalog),
+                          min_accuracy=config.release_min_accuracy)
+    info["release"] = verdict.to_dict()
     save_calibration(out, cal)
     (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
     catalog.save(out / "catalog.json")
@@ -137,7 +141,10 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
     cfg = info["config"]
     rounds = list(summary.get("rounds", []))
     done = summary.get("rounds_done", len(rounds) or cfg["num-server-rounds"])
-    lines = [f"# ImplantFL model card: {catalog.name} v{catalog.version}", "",
+    gate = info.get("release") or {}
+    unfit = [f"**NOT FIT FOR CLINICAL USE: {gate.get('reason', 'not judged')}.**", ""] \
+        if not gate.get("fit_for_use", False) else []
+    lines = [*unfit, f"# ImplantFL model card: {catalog.name} v{catalog.version}", "",
              f"Released {info['created']} with ImplantFL {info['implantfl_version']}.", "", INTENDED_USE]
     lines += ["## Model",
               f"- architecture: {_architecture(info)}, input {info['image_size']}x{info['image_size']} (1 channel)",
@@ -145,6 +152,7 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
               f"- training: {done} of {cfg['num-server-rounds']} rounds of `{cfg['strategy']}`, "
               f"{cfg['local-epochs']} local epoch(s) per round, batch {cfg['batch-size']}, learning rate {cfg['learning-rate']}",
               f"- differential privacy: {'on' if cfg.get('dp') else 'off'}",
+              f"- release gate: {_gate_line(gate)}",
               f"- export: {onnx_summary(info)}"]
     if calibration is not None:
         lines.append(_calibration_line(calibration))
@@ -154,6 +162,7 @@ def model_card(info: Mapping[str, Any], catalog: Catalog, summary: Mapping[str, 
     lines += _sites(summary, rounds)
     lines += _privacy(summary.get("privacy", {}), reproducible=bool(cfg.get("reproducible-noise", False)))
     lines += _site_level(summary.get("client_level_privacy"), summary.get("secure_aggregation"))
+    lines += _bedside(calibration, summary.get("gradcam") or {})
     return "\n".join(lines) + "\n"
 
 
@@ -168,11 +177,44 @@ def _architecture(info: Mapping[str, Any]) -> str:
             f"`encoder.json`) + `{info.get('head')}` head ({how})")
 
 
+def _gate_line(gate: Mapping[str, Any]) -> str:
+    if not gate:
+        return "not judged"
+    head = "fit for use" if gate.get("fit_for_use") else "NOT fit for use"
+    return (f"{head}: top-1 {_fmt(gate.get('accuracy'), 3)} on {gate.get('examples', 0)} images of "
+            f"{gate.get('evaluated_on', '?')} (chance {_fmt(gate.get('chance'), 3)}, one-sided binomial p = "
+            f"{gate.get('p_value', float('nan')):.2g}; consortium minimum {gate.get('min_accuracy', 0):.2f})")
+
+
 def _calibration_line(cal: Calibration) -> str:
     if cal.fitted_on == 0:
         return "- calibration: none (temperature 1, no `unknown` threshold)"
-    return (f"- calibration: temperature {cal.temperature:.3f}, `unknown` below top probability "
-            f"{cal.unknown_threshold:.3f} ({cal.method}, fitted on {cal.fitted_on} validation images)")
+    if cal.feature_threshold > -1:
+        flag = (f"`unknown` when its encoder features' similarity to the nearest catalog class is below "
+                f"{cal.feature_threshold:.3f} (a design the catalog does not hold)")
+    else:
+        flag = f"`unknown` below top probability {cal.unknown_threshold:.3f}"
+    return (f"- calibration: temperature {cal.temperature:.3f}, {flag} ({cal.method}, fitted on {cal.fitted_on} "
+            "validation images)")
+
+
+def _bedside(cal: Calibration | None, gradcam: Mapping[str, Any]) -> list[str]:
+    """Candidate sets (coverage) and Grad-CAM (hit rate): what a surgeon can rely on."""
+    lines = ["", "## At the bedside"]
+    if cal is not None and cal.conformal:
+        lines.append("Candidate sets (`predict --set LEVEL`, split conformal on the validation images): " + "; ".join(
+            f"level {lvl}: coverage on the test set {_fmt(cal.conformal_coverage.get(lvl), 3)}"
+            for lvl in sorted(cal.conformal)) + ". A set that spans several manufacturers says so.")
+    else:
+        lines.append("No candidate sets: the release was not calibrated.")
+    if gradcam.get("images"):
+        lines.append(f"Grad-CAM: its peak falls on the implant (mask grown by half a CAM cell, {gradcam['cam_cell_px']} "
+                     f"px) in {_fmt(gradcam['hit_rate'], 3)} of {gradcam['images']} test images, against "
+                     f"{_fmt(gradcam['chance'], 3)} by chance ({gradcam['ratio']:.2f}x; one-sided binomial p = "
+                     f"{gradcam['p_value']:.2g}).")
+    else:
+        lines.append("Grad-CAM: its localisation was not measured (no implant masks on the evaluation images).")
+    return lines
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

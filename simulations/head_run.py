@@ -97,10 +97,14 @@ def evaluate_head(cfg: RunConfig, hd: HeadData, num_classes: int, arrays: Any) -
 
 
 def calibrate(cfg: RunConfig, hd: HeadData, num_classes: int, arrays: Any) -> Any:
-    """Temperature and `unknown` threshold fitted on the sites' validation features."""
+    """Temperature, the `unknown` thresholds (probability and feature space) and the conformal set
+    thresholds, fitted on the sites' validation features."""
     from common.calibration import fit_from_splits
+    from common.open_set import class_directions
 
-    return fit_from_splits(global_head(cfg, hd.encoder.dim, num_classes, arrays), list(hd.val.values()))
+    head = global_head(cfg, hd.encoder.dim, num_classes, arrays)
+    directions = class_directions(head.weight.detach().numpy()) if cfg.head != "mlp" else None
+    return fit_from_splits(head, list(hd.val.values()), directions=directions)
 
 
 def baselines(cfg: RunConfig, hd: HeadData, class_ids: list[str], images: Mapping[str, Any], test_images: Any,

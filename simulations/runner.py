@@ -23,6 +23,7 @@ from common.config import RunConfig
 from common.device import pick_device
 from common.errors import ConfigError, ImplantFLError
 from common.preprocess_params import PreprocessParams
+from common.release_gate import verdict_for
 from server.history import run_outcome
 from simulations.federation import Federation, default_cache_root, ensure_synthetic, simulated_sites
 from simulations.presets import load_preset
@@ -159,7 +160,7 @@ def run(opts: SimOptions) -> dict[str, Any]:
 
     res = final_model(state.arrays)
     final = classification_summary(res.labels, res.probs, catalog.ids)
-    calibration = _calibration(prep, hd, data, state.arrays)
+    calibration = _with_test_coverage(_calibration(prep, hd, data, state.arrays), res)
 
     results: dict[str, Any] = {
         "out": str(prep.out),
@@ -169,6 +170,7 @@ def run(opts: SimOptions) -> dict[str, Any]:
         "rounds": state.history.to_list(),
         "final": final,
         "outcome": run_outcome(state.history.to_list(), prep.cfg.num_server_rounds),
+        "release": verdict_for(final, num_classes=len(catalog), min_accuracy=prep.cfg.release_min_accuracy).to_dict(),
     }
     if prep.encoder_dir is not None:
         from common.encoders import read_card
@@ -195,6 +197,9 @@ def run(opts: SimOptions) -> dict[str, Any]:
     prep.timing["wall_s"] = time.monotonic() - t_start
     results["calibration"] = calibration.to_dict()
     results["timing"] = prep.timing
+    results["conformal"] = {level: {"threshold": q, "coverage": calibration.conformal_coverage.get(level)}
+                            for level, q in calibration.conformal.items()}
+    results["gradcam"] = _gradcam(prep, state.arrays, calibration)
     write_outputs(prep, state.arrays, results, calibration)
     return results
 
@@ -245,6 +250,41 @@ def _calibration(prep: Prepared, hd: Any, data: dict[str, Any], arrays: Any) -> 
     model = image_model(_model_info(prep), len(prep.fed.catalog), arrays.to_torch_state_dict(),
                         encoder_dir=prep.encoder_dir)
     return fit_from_splits(model, [d.val() for d in data.values()])
+
+
+def _with_test_coverage(calibration: Any, res: Any) -> Any:
+    """The calibration with each conformal level's coverage measured on the test set."""
+    import dataclasses
+
+    import numpy as np
+
+    from common.conformal import coverage
+
+    if not calibration.conformal or len(res.labels) == 0:
+        return calibration
+    probs = calibration.probabilities(np.log(np.clip(res.probs, 1e-12, 1.0)))  # softmax(log p / T) = softmax(z / T)
+    measured = {level: round(coverage(probs, res.labels, q)[0], 4) for level, q in calibration.conformal.items()}
+    return dataclasses.replace(calibration, conformal_coverage=measured)
+
+
+def _gradcam(prep: Prepared, arrays: Any, calibration: Any) -> dict[str, Any]:
+    """Grad-CAM peak hit rate of the global model on test images with implant masks (annotations.csv)."""
+    import csv
+
+    from client.bedside.cam_check import cam_hit_rate
+    from client.bedside.predict import Predictor
+    from common.release_files import Release, image_model
+
+    notes = prep.fed.test_dir / "annotations.csv" if prep.fed.test_dir else None
+    if notes is None or not notes.is_file():
+        return {"images": 0, "note": "the test set has no implant masks"}
+    with open(notes, newline="") as fh:
+        items = [(prep.fed.test_dir / r["file"], prep.fed.test_dir / r["mask"]) for r in csv.DictReader(fh)
+                 if r.get("mask")]
+    model = image_model(_model_info(prep), len(prep.fed.catalog), arrays.to_torch_state_dict(),
+                        encoder_dir=prep.encoder_dir)
+    release = Release(model.eval(), prep.fed.catalog, prep.params, {}, calibration)
+    return cam_hit_rate(Predictor(release), items[::max(1, len(items) // 150)])
 
 
 def _baselines(prep: Prepared, hd: Any, data: dict[str, Any], test: Any, *, progress: bool) -> dict[str, Any]:

@@ -10,7 +10,17 @@ An answer is flagged ``unknown`` when the image is out of the model's distributi
 - the quality gate found no implant, a foreign object, or a blank/saturated image, or the
   file is a colour picture (a predict-only check: radiographs are grey); no class is
   named then, as the model never saw such images in training; or
-- the calibrated top probability is below the release's ``unknown_threshold``.
+- the calibrated top probability is below the release's ``unknown_threshold``, or (a
+  release on a public encoder) the image's features are further from every class
+  direction than the release's ``feature_threshold`` (:mod:`common.open_set`): an implant
+  design the catalog does not hold.
+
+With ``set_level`` an answer also carries the smallest candidate set that holds the true
+implant with that probability (split conformal, :mod:`common.conformal`), the
+manufacturers in it, and the coverage the release measured on its test set.
+
+A release its gate judged unfit (:mod:`common.release_gate`) is refused unless the caller
+allows it; then every answer carries the warning.
 
 Files that cannot be answered at all (not an image, too small, too large, multi-frame when
 the release rejects them) get an ``error`` with the QC reason instead. Logs name files by
@@ -50,6 +60,11 @@ logger = logging.getLogger(__name__)
 COLOUR_PICTURE = "colour-picture"  # predict-only check: a colour photograph or drawing
 OOD_REASONS = (NO_IMPLANT, FOREIGN_OBJECT, BLANK, COLOUR_PICTURE)  # reported as ``unknown``, not errors
 LOW_CONFIDENCE = "low-confidence"
+FAR_FROM_CATALOG = "far-from-catalog"  # the features point away from every catalog class
+
+
+class UnfitReleaseError(InvalidInputError):
+    """The release's gate judged it not fit for clinical use (``predict --allow-unfit`` overrides)."""
 
 
 @dataclass
@@ -63,6 +78,9 @@ class Prediction:
     cam: str | None = None  # Grad-CAM overlay written, if asked
     error: str | None = None  # why the file could not be answered
     detail: str = ""  # a human sentence for the error or the unknown flag
+    candidates: dict[str, Any] | None = None  # the conformal set: level, ids, manufacturers, coverage measured
+    warning: str | None = None  # set when the release is not fit for clinical use (allowed by the caller)
+    gate: dict[str, Any] | None = None  # the release gate's verdict: fit_for_use, reason, accuracy
 
     @property
     def answered(self) -> bool:
@@ -70,9 +88,14 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
-            return {"file": self.file, "error": self.error, "detail": self.detail}
-        out = {k: v for k, v in asdict(self).items() if k not in ("error", "detail")}
-        out["detail"] = self.detail
+            out = {"file": self.file, "error": self.error, "detail": self.detail}
+        else:
+            out = {k: v for k, v in asdict(self).items() if k not in ("error", "detail", "warning")}
+            out["detail"] = self.detail
+        if self.warning:
+            out["warning"] = self.warning
+        if self.gate is not None:
+            out["gate"] = self.gate
         return out
 
 
@@ -89,10 +112,23 @@ class Prepared:
 class Predictor:
     """A loaded release ready to answer files one by one (CPU by default)."""
 
-    def __init__(self, release: Release | Path, *, device: str | torch.device = "cpu") -> None:
+    def __init__(self, release: Release | Path, *, device: str | torch.device = "cpu", allow_unfit: bool = False) -> None:
         self.release = release if isinstance(release, Release) else load_release(Path(release))
+        gate = self.release.info.get("release")
+        self.warning = None
+        if gate is not None and not gate.get("fit_for_use", False):
+            self.warning = f"NOT FIT FOR CLINICAL USE: {gate.get('reason', 'the release gate refused it')}"
+            if not allow_unfit:
+                raise UnfitReleaseError(f"this release is not fit for clinical use ({gate.get('reason', '')}); "
+                                        "predict refuses it (--allow-unfit answers anyway, with a warning)")
         self.device = torch.device(device)
         self.model = self.release.model.to(self.device).eval()
+        head = getattr(self.model, "head", None)
+        self.directions = None
+        if getattr(self.model, "encoder", None) is not None and isinstance(head, torch.nn.Linear):
+            from common.open_set import class_directions
+
+            self.directions = class_directions(head.weight.detach().cpu().numpy())
         self.params = self.release.preprocess
         self.pipeline = build_eval_pipeline(self.params)
         self._crop = CropROI(self.params.roi_margin)
@@ -128,6 +164,31 @@ class Predictor:
             logits = self.model(x)
         return self.release.calibration.probabilities(logits)[0]
 
+    def feature_score(self, image: np.ndarray) -> float | None:
+        """Similarity of the image's encoder features to the nearest class direction (None without an encoder)."""
+        if self.directions is None:
+            return None
+        from common.open_set import feature_score
+
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
+        with torch.no_grad():
+            f = self.model.encoder(x).cpu().numpy()
+        return float(feature_score(f, self.directions)[0])
+
+    def candidates(self, probs: np.ndarray, level: str) -> dict[str, Any]:
+        """The conformal candidate set at ``level`` (one of the release's levels)."""
+        from common.conformal import prediction_set
+
+        cal = self.release.calibration
+        if level not in cal.conformal:
+            offered = ", ".join(sorted(cal.conformal)) or "none (the release was not calibrated)"
+            raise InvalidInputError(f"the release offers candidate sets at levels {offered}, not {level}")
+        classes = self.release.catalog.classes
+        members = [classes[i] for i in prediction_set(probs, cal.conformal[level])]
+        makers = sorted({c.manufacturer for c in members})
+        return {"level": float(level), "ids": [c.id for c in members], "manufacturers": makers,
+                "several_manufacturers": len(makers) > 1, "coverage_measured": cal.conformal_coverage.get(level)}
+
     def top_k(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
         order = np.argsort(-probs, kind="stable")[: max(1, k)]
         classes = self.release.catalog.classes
@@ -135,24 +196,34 @@ class Predictor:
                  "probability": round(float(probs[i]), 4)} for i in order]
 
     # ------------------------------------------------------------------ one file
-    def predict_file(self, path: Path, *, top_k: int = 3, cam_path: Path | None = None, name: str | None = None) -> Prediction:
+    def predict_file(self, path: Path, *, top_k: int = 3, cam_path: Path | None = None, name: str | None = None,
+                     set_level: str | None = None) -> Prediction:
         """Answer one file; never raises for a bad file (the answer carries the error)."""
         shown = name if name is not None else str(path)
         prep = self.prepare(path, with_roi=cam_path is not None)
         if prep.reason in OOD_REASONS:
             logger.info("predict %s: unknown (%s)", file_token(path), prep.reason)
-            return Prediction(shown, unknown=True, reason=prep.reason, detail=_OOD_TEXT[prep.reason])
+            return Prediction(shown, unknown=True, reason=prep.reason, detail=_OOD_TEXT[prep.reason],
+                              warning=self.warning)
         if prep.image is None:
             logger.info("predict %s: not answered (%s)", file_token(path), prep.reason)
-            return Prediction(shown, error=prep.reason, detail=prep.detail)
+            return Prediction(shown, error=prep.reason, detail=prep.detail, warning=self.warning)
         probs = self.probabilities(prep.image)
         best = float(probs.max())
-        threshold = self.release.calibration.unknown_threshold
-        answer = Prediction(shown, top_k=self.top_k(probs, top_k))
-        if best < threshold:
+        cal = self.release.calibration
+        threshold = cal.unknown_threshold
+        answer = Prediction(shown, top_k=self.top_k(probs, top_k), warning=self.warning)
+        score = self.feature_score(prep.image)
+        if score is not None and cal.feature_threshold > -1 and score < cal.feature_threshold:
+            answer.unknown, answer.reason = True, FAR_FROM_CATALOG
+            answer.detail = (f"its features are far from every implant in the catalog (similarity {score:.3f} < "
+                             f"{cal.feature_threshold:.3f}): most likely a design the catalog does not hold")
+        elif best < threshold:
             answer.unknown, answer.reason = True, LOW_CONFIDENCE
             answer.detail = (f"top probability {best:.3f} is below the release's unknown threshold {threshold:.3f}: "
                              "this implant may not be in the catalog, or the image is unlike the training images")
+        if set_level is not None:
+            answer.candidates = self.candidates(probs, set_level)
         if cam_path is not None:
             try:
                 answer.cam = str(self.write_cam(prep, int(probs.argmax()), cam_path))
@@ -239,13 +310,20 @@ def predict_files(
     top_k: int = 3,
     cam_dir: Path | None = None,
     on_file: Callable[[Prediction], None] | None = None,
+    set_level: str | None = None,
+    allow_unfit: bool = False,
 ) -> list[Prediction]:
     """Answer every file in order; ``on_file`` is called after each (progress bars)."""
-    predictor = Predictor(release)
+    predictor = Predictor(release, allow_unfit=allow_unfit)
+    if set_level is not None:
+        predictor.candidates(np.full(len(predictor.release.catalog), 1.0 / len(predictor.release.catalog)), set_level)
     cams = cam_names(files, cam_dir) if cam_dir is not None else [None] * len(files)
     answers = []
+    gate = predictor.release.info.get("release")
+    summary = {k: gate[k] for k in ("fit_for_use", "reason", "accuracy", "examples", "evaluated_on")} if gate else None
     for f, cam in zip(files, cams, strict=True):
-        answer = predictor.predict_file(Path(f), top_k=top_k, cam_path=cam, name=str(f))
+        answer = predictor.predict_file(Path(f), top_k=top_k, cam_path=cam, name=str(f), set_level=set_level)
+        answer.gate = summary
         answers.append(answer)
         if on_file is not None:
             on_file(answer)

@@ -23,6 +23,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--model", type=Path, required=True, metavar="RELEASE", help="model release folder")
     p.add_argument("--top-k", type=int, default=3, metavar="K", help="classes to list per file (default 3)")
     p.add_argument("--cam", type=Path, metavar="DIR", help="write a Grad-CAM overlay PNG per file into DIR")
+    p.add_argument("--set", dest="set_level", metavar="LEVEL",
+                   help="also give the smallest candidate set holding the true implant with this probability "
+                        "(a level the release offers: 0.8, 0.9, 0.95, 0.99)")
+    p.add_argument("--allow-unfit", action="store_true",
+                   help="answer with a release its gate judged not fit for clinical use (every answer is marked)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="CPU threads for the model (default 1: fastest for single images on a shared machine)")
@@ -54,18 +59,41 @@ def cmd_predict(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     show_bar = not args.json and len(args.files) > 1
     with _progress(len(args.files), show_bar) as advance:
-        answers = predict_files(args.files, args.model, top_k=args.top_k, cam_dir=args.cam, on_file=lambda _a: advance())
+        answers = predict_files(args.files, args.model, top_k=args.top_k, cam_dir=args.cam, on_file=lambda _a: advance(),
+                                set_level=_level(args.set_level), allow_unfit=args.allow_unfit)
     if args.json:
         print(json.dumps([a.to_dict() for a in answers], indent=2))
     else:
+        if answers and answers[0].gate is not None:
+            print(format_gate(answers[0].gate))
         for a in answers:
             print(format_answer(a))
     return 0 if any(a.answered for a in answers) else 1
 
 
+def _level(text: str | None) -> str | None:
+    """``--set 0.95`` as the release's level key ("0.95")."""
+    if text is None:
+        return None
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        raise ConfigError(f"--set takes a coverage level such as 0.95, not {text!r}") from None
+
+
+def format_gate(gate: dict[str, Any]) -> str:
+    """One line: the release gate's verdict."""
+    if gate.get("fit_for_use"):
+        return (f"release: fit for use (top-1 {gate['accuracy']:.3f} on {gate['examples']} images of "
+                f"{gate['evaluated_on']})")
+    return f"release: NOT FIT FOR CLINICAL USE ({gate.get('reason', '')})"
+
+
 def format_answer(a: Any) -> str:
     """Plain-text block for one answer."""
     lines = [a.file]
+    if a.warning:
+        lines.append(f"  WARNING: {a.warning}")
     if a.error is not None:
         return "\n".join(lines + [f"  not answered: {a.error}" + (f" ({a.detail})" if a.detail else "")])
     for i, t in enumerate(a.top_k, 1):
@@ -73,6 +101,15 @@ def format_answer(a: Any) -> str:
         lines.append(f"  {i}. {name:<32} {t['id']:<16} {100 * t['probability']:5.1f}%")
     if a.unknown:
         lines.append(f"  UNKNOWN ({a.reason}): {a.detail}")
+    if a.candidates:
+        c = a.candidates
+        measured = f", {100 * c['coverage_measured']:.1f}% on the release's test set" \
+            if c.get("coverage_measured") is not None else ""
+        lines.append(f"  candidate set at {100 * c['level']:g}% ({len(c['ids'])}): {', '.join(c['ids'])}"
+                     f" (holds a catalog implant with probability >= {c['level']:g}{measured})")
+        if c["several_manufacturers"]:
+            lines.append(f"  the set spans {len(c['manufacturers'])} manufacturers ({', '.join(c['manufacturers'])}): "
+                         "check which before ordering parts")
     if a.cam:
         lines.append(f"  Grad-CAM: {a.cam}")
     return "\n".join(lines)

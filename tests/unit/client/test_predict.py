@@ -83,9 +83,17 @@ def release(fed, tmp_path_factory) -> Path:
             opt.step()
     model.eval()
     cal = fit_from_splits(model, [s.val() for s in sites])
+    # Judged by the release gate on its test images: better than chance is enough for these tests (minimum 0)
+    from client.training.train import evaluate
+    from common.metrics import classification_summary
+
+    test = load_site(fed / "test", catalog=catalog, params=params, val_fraction=0.0)
+    res = evaluate(model, test.x, test.y, device=torch.device("cpu"))
+    summary = {"final": classification_summary(res.labels, res.probs, catalog.ids)}
     out = tmp_path_factory.mktemp("release") / "release"
-    return write_release(out, arrays=ArrayRecord(model.state_dict()), config=RunConfig(model="cnn", image_size=SIZE),
-                         catalog=catalog, preprocess=params, calibration=cal, onnx=False)
+    return write_release(out, arrays=ArrayRecord(model.state_dict()),
+                         config=RunConfig(model="cnn", image_size=SIZE, release_min_accuracy=0.0),
+                         catalog=catalog, preprocess=params, calibration=cal, onnx=False, summary=summary)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +177,9 @@ def test_bad_files_get_an_error_and_the_others_are_still_answered(release, clean
     # Assert
     assert code == 0 and code_none == 1
     assert [a.get("error") for a in answers] == ["unreadable", "unreadable", None]
-    assert set(answers[0]) == {"file", "error", "detail"} and len(answers[2]["top_k"]) == 3
+    # every answer, errors included, carries the release verdict it was given under
+    assert set(answers[0]) == {"file", "error", "detail", "gate"} and len(answers[2]["top_k"]) == 3
+    assert answers[0]["gate"] == answers[2]["gate"] and "fit_for_use" in answers[0]["gate"]
 
 
 def test_text_output_lists_the_top_k_and_writes_overlays(release, clean_image, tmp_path, capsys):
@@ -179,7 +189,9 @@ def test_text_output_lists_the_top_k_and_writes_overlays(release, clean_image, t
     code = _cli(["predict", str(image), "--model", str(release), "--top-k", "2", "--cam", str(tmp_path / "cams")])
     # Assert
     out = capsys.readouterr().out
-    assert code == 0 and out.startswith(str(image)) and "  1. " in out and "  2. " in out and "  3. " not in out
+    gate_line, answer = out.split("\n", 1)
+    assert gate_line.startswith("release: fit for use (top-1 ")
+    assert code == 0 and answer.startswith(str(image)) and "  1. " in out and "  2. " in out and "  3. " not in out
     overlay = cv2.imread(str(tmp_path / "cams" / f"{image.stem}.cam.png"))
     assert overlay is not None and overlay.shape[0] == 256 and overlay.shape[1] > 256
 

@@ -91,10 +91,11 @@ def test_too_few_validation_images_give_the_identity_in_a_simulation_and_an_erro
 
 
 def test_calibration_json_round_trips_and_missing_means_identity(tmp_path):
-    cal = Calibration(temperature=1.7, unknown_threshold=0.42, fitted_on=30, method="temperature-lbfgs+q0.05-correct")
+    cal = Calibration(temperature=1.7, unknown_threshold=0.42, fitted_on=30, method="temperature-lbfgs+q0.05-correct",
+                      feature_threshold=0.31, conformal={"0.9": 0.12}, conformal_coverage={"0.9": 0.93})
     save_calibration(tmp_path, cal)
-    assert set(json.loads((tmp_path / "calibration.json").read_text())) == {"temperature", "unknown_threshold",
-                                                                            "fitted_on", "method"}
+    assert set(json.loads((tmp_path / "calibration.json").read_text())) == {
+        "temperature", "unknown_threshold", "fitted_on", "method", "feature_threshold", "conformal", "conformal_coverage"}
     assert load_calibration(tmp_path) == cal
     assert load_calibration(tmp_path / "nowhere") == Calibration(temperature=1.0, unknown_threshold=0.0)
 
