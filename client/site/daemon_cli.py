@@ -76,23 +76,41 @@ EXIT_NOT_REGISTERED = 3
 
 
 def run_supernode(cmd: list[str], env: dict[str, str]) -> int:
-    """Run the SuperNode as a child, pass its output through, explain an unregistered key; its exit code."""
+    """Run the SuperNode as a child, pass its output through, explain an unregistered key; its exit code.
+
+    When the SuperNode exits, whatever it left behind (its SuperExec, retrying) is stopped,
+    so ``start`` returns instead of waiting on a pipe that never closes (see
+    :mod:`client.site.process_tree`). Signals sent to this process are passed on.
+    """
     import signal
     import subprocess
+    import threading
+
+    from client.site.process_tree import become_subreaper, children, stop_children
 
     sys.stdout.flush()
+    become_subreaper()
+    before = frozenset(children())
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             errors="replace")
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
-    refused = False
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-        refused = refused or NOT_REGISTERED in line
+    refused = threading.Event()
+
+    def relay() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if NOT_REGISTERED in line:
+                refused.set()
+
+    reader = threading.Thread(target=relay, name="supernode-output", daemon=True)
+    reader.start()
     code = proc.wait()
-    if refused:
+    stop_children(keep=before)
+    reader.join(timeout=5)
+    if refused.is_set():
         key = _public_key(cmd)
         print(f"error: the SuperLink does not know this site's key. Send {key} to the consortium operator, who "
               f"runs: implantfl-server register --public-key {key.name} --config server.toml "
