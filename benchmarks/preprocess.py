@@ -6,7 +6,11 @@ folder, then times, on one thread and best of a few rounds:
 - bare decoding (``pydicom.dcmread(f).pixel_array``), the floor any pipeline pays;
 - ingest only (``client.data.ingest.read_image``: decode, LUTs, normalisation);
 - the whole per-file pipeline (``client.data.site_data.process_file``: ingest, QC,
-  segmentation, ROI, resize, CLAHE), as ``load_site`` runs it.
+  segmentation, ROI, resize, CLAHE), as ``load_site`` runs it;
+- ``load_site`` of a folder of these files (no cache), on one process and with its default
+  (every available core for 32 or more files): the parallel figure.
+
+Target: the per-file pipeline within 11x bare decoding (``preprocess_over_decode_ratio``).
 
 Writes ``benchmarks/results/preprocess.json``. ``--quick`` uses fewer files and rounds.
 """
@@ -108,9 +112,44 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
             figures[f"{prefix}preprocess_ms_per_image"] = round(1000 * full, 2)
             figures[f"{prefix}preprocess_over_decode_ratio"] = round(full / decode, 3)
             figures[f"{prefix}ingest_over_decode_ratio"] = round(ingest / decode, 3)
+        figures.update(_parallel(folder, sets[""] + sets["rle_"], params, 2 if quick else 4))
     units = {k: "images/s" if k.endswith("per_s") else "ms" if k.endswith("_ms_per_image") else "x" for k in figures}
+    from common.parallel import available_cores
+
     return figures, units, {"images": n, "rle_images": n_rle, "rounds": rounds, "rows": ROWS, "columns": COLS,
-                            "bits": BITS, "threads": 1, "quick": quick, "image_size": params.image_size}
+                            "bits": BITS, "threads": 1, "quick": quick, "image_size": params.image_size,
+                            "cores": available_cores(), "parallel_files": PARALLEL_FILES}
+
+
+PARALLEL_FILES = 32  # files in the load_site folder: the default turns to all cores from 32
+
+
+def _parallel(folder: Path, files: list[Path], params: object, repeat: int) -> dict[str, float]:
+    """``load_site`` throughput on one process and with its default worker count (same files, no cache)."""
+    import shutil
+    import time
+
+    from client.data.site_data import load_site
+    from common.catalog import Catalog, ImplantClass
+
+    site = folder / "site"
+    (site / "stem-a").mkdir(parents=True)
+    for k in range(PARALLEL_FILES):
+        shutil.copy(files[k % len(files)], site / "stem-a" / f"f{k:03d}.dcm")
+    catalog = Catalog("bench", "1", (ImplantClass("stem-a", "Maker", "Stem A"),))
+    rates = {}
+    for name, workers in (("serial", 1), ("parallel", None)):
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            data = load_site(site, catalog=catalog, params=params, val_fraction=0.0, workers=workers)
+            best = min(best, time.perf_counter() - t0)
+            if len(data.y) != PARALLEL_FILES:
+                raise SystemExit("benchmark images were rejected by load_site")
+        rates[name] = PARALLEL_FILES / best
+    return {"load_site_serial_images_per_s": round(rates["serial"], 3),
+            "load_site_parallel_images_per_s": round(rates["parallel"], 3),
+            "load_site_parallel_over_serial_speed_ratio": round(rates["parallel"] / rates["serial"], 3)}
 
 
 def main(argv: list[str] | None = None) -> int:

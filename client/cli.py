@@ -30,7 +30,8 @@ def _add_site_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="the site's data folder (default: [site] data-dir of --config)")
     p.add_argument("--config", type=Path, help="site.toml (labels, preprocessing, cache)")
     p.add_argument("--catalog", type=Path, help="consortium catalog.json (default: <data>/../../catalog.json)")
-    p.add_argument("--workers", type=int, default=1, help="decoding processes (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: every available core when there are 32 or more files to decode)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -76,6 +76,7 @@ def _load_data(site: SiteConfig, cfg: RunConfig, fingerprint: str):  # noqa: ANN
     data = load_site(
         site.data_dir, catalog=catalog, params=params, label_map=site.label_map,
         cache_dir=site.cache_dir, val_fraction=cfg.val_fraction,
+        workers=1,  # inside a ClientApp (a SuperExec or Ray worker): no process pool; `preprocess` fills the cache
     )
     return catalog, data
 

@@ -222,8 +222,9 @@ def _final_model_fn(prep: Prepared, hd: Any) -> Any:
         if not test_data:
             from client.data.site_data import load_site
 
+            # inside the running federation (its threads): no process pool; load_all filled the cache
             test_data["t"] = load_site(prep.fed.test_dir, catalog=catalog, params=prep.params,
-                                       cache_dir=prep.cache_dir / "_test", val_fraction=0.0)
+                                       cache_dir=prep.cache_dir / "_test", val_fraction=0.0, workers=1)
         model = image_model(info, len(catalog), arrays.to_torch_state_dict(), encoder_dir=prep.encoder_dir)
         return evaluate(model, test_data["t"].x, test_data["t"].y, device=pick_device())
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from client.data.qc import MULTIFRAME, TOO_LARGE, UNREADABLE
 from client.data.raster import png_sbit, raster_size, significant_bits
+from client.data.stored_image import StoredImage, as_array
 from common.errors import UnreadableImageError
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
@@ -90,8 +91,10 @@ class IngestedImage:
 
     Attributes
     ----------
-    pixels
-        float32 HxW in [0, 1], high = dense (metal bright).
+    image
+        HxW in [0, 1], high = dense (metal bright): float32, or, for integer pixels read
+        through a LUT, a :class:`~client.data.stored_image.StoredImage` that computes only
+        the pixels a step asks for (:attr:`pixels` gives the whole float32 image).
     fields
         Allow-listed technical fields only (see :data:`ALLOWED_FIELDS`), plus
         ``source``, ``stored_shape``, ``spacing_mm`` and ``transfer_syntax``.
@@ -101,10 +104,15 @@ class IngestedImage:
         Names of the kinds of patient data that were present in the file (never values).
     """
 
-    pixels: np.ndarray
+    image: np.ndarray | StoredImage
     fields: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     phi: list[str] = field(default_factory=list)
+
+    @property
+    def pixels(self) -> np.ndarray:
+        """The whole image as float32 HxW."""
+        return as_array(self.image)
 
 
 def read_image(path: Path, params: PreprocessParams) -> IngestedImage:
@@ -150,7 +158,7 @@ def read_image(path: Path, params: PreprocessParams) -> IngestedImage:
         raise IngestError(token, f"cannot decode ({type(e).__name__})") from None
     if kind == "dicom" and suffix in (".png", ".jpg", ".jpeg") or kind in ("png", "jpeg") and suffix in (".dcm", ".dicom"):
         img.notes.append("file extension does not match its content")
-    if img.pixels.ndim != 2 or img.pixels.size == 0:
+    if img.image.ndim != 2 or img.image.size == 0:
         raise IngestError(token, "no two-dimensional image")
     return _resample(img, params, token)
 
@@ -195,11 +203,12 @@ def _read_dicom(path: Path, params: PreprocessParams, token: str) -> IngestedIma
     return IngestedImage(pixels, _dicom_fields(ds, rows, cols), notes, _phi_findings(ds))
 
 
-def _dicom_pixels(ds: Any, frames: int) -> tuple[np.ndarray, list[str]]:
+def _dicom_pixels(ds: Any, frames: int) -> tuple[np.ndarray | StoredImage, list[str]]:
     from pydicom.pixels import apply_color_lut, pixel_array
 
     notes: list[str] = []
-    arr = pixel_array(ds, index=0 if frames > 1 else None)
+    # view_only: uncompressed pixels are read in place (read-only; nothing here writes to them)
+    arr = pixel_array(ds, index=0 if frames > 1 else None, view_only=True)
     if frames > 1:
         notes.append(f"multi-frame object: first of {frames} frames used")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
@@ -232,12 +241,12 @@ def _value_transforms(arr: np.ndarray, ds: Any, notes: list[str] | None) -> np.n
     return values
 
 
-def _gray_via_lut(arr: np.ndarray, ds: Any, notes: list[str], *, invert: bool) -> np.ndarray:
+def _gray_via_lut(arr: np.ndarray, ds: Any, notes: list[str], *, invert: bool) -> np.ndarray | StoredImage:
     """Integer pixels (<= 16 bit): run the value transforms once per possible stored value.
 
     The LUTs are functions of the stored value, so transforming ``arange(min, max + 1)``
-    and indexing with the image gives exactly the per-pixel result at a fraction of the
-    cost (one gather instead of several float64 passes over a 5-megapixel image).
+    gives exactly the per-pixel result; the image is kept as stored values plus that
+    table (a :class:`StoredImage`), and pixels are looked up only where a step needs them.
     """
     lo_stored, hi_stored = int(arr.min()), int(arr.max())
     lut = _value_transforms(np.arange(lo_stored, hi_stored + 1).astype(arr.dtype), ds, notes)
@@ -255,9 +264,12 @@ def _gray_via_lut(arr: np.ndarray, ds: Any, notes: list[str], *, invert: bool) -
         lut = 1.0 - lut
         notes.append("MONOCHROME1 inverted")
     lut = lut.astype(np.float32)
-    if lo_stored == 0:
-        return lut[arr]
-    return lut[arr - arr.dtype.type(lo_stored) if lo_stored > 0 else arr.astype(np.int32) - lo_stored]
+    if arr.dtype in (np.uint8, np.uint16):  # the stored values index the table as they are
+        table = np.zeros(hi_stored + 1, np.float32)
+        table[lo_stored:] = lut
+        return StoredImage(arr, table, index_range=(lo_stored, hi_stored))
+    return StoredImage((arr.astype(np.int32) - lo_stored).astype(np.uint16), lut,
+                       index_range=(0, hi_stored - lo_stored))
 
 
 def _dicom_fields(ds: Any, rows: int, cols: int) -> dict[str, Any]:
@@ -328,10 +340,13 @@ def _read_raster(path: Path, head: bytes, params: PreprocessParams, token: str) 
         scale = float(2**bits - 1)
     else:
         scale = 0.0  # float / other integer types: min-max below
-    gray = _to_gray(arr.astype(np.float32), notes, bgr=True) if arr.ndim == 3 else arr.astype(np.float32)
-    pixels = gray / scale if scale else _unit_range(gray.astype(np.float64)).astype(np.float32)
     fields = {"source": "png" if head.startswith(_PNG_SIG) else "raster", "stored_shape": [int(arr.shape[0]), int(arr.shape[1])],
               "BitsStored": bits}
+    if arr.ndim == 2 and scale:  # gray integers: looked up where needed (the same float32 arithmetic per value)
+        levels = np.arange(256 if arr.dtype == np.uint8 else 65536, dtype=np.float32)
+        return IngestedImage(StoredImage(arr, np.clip(levels / scale, 0.0, 1.0).astype(np.float32)), fields, notes, [])
+    gray = _to_gray(arr.astype(np.float32), notes, bgr=True) if arr.ndim == 3 else arr.astype(np.float32)
+    pixels = gray / scale if scale else _unit_range(gray.astype(np.float64)).astype(np.float32)
     return IngestedImage(np.clip(pixels, 0.0, 1.0).astype(np.float32), fields, notes, [])
 
 
@@ -370,12 +385,12 @@ def _resample(img: IngestedImage, params: PreprocessParams, token: str) -> Inges
     fy, fx = spacing[0] / params.target_mm_per_px, spacing[1] / params.target_mm_per_px
     if abs(fy - 1) < 1e-3 and abs(fx - 1) < 1e-3:
         return img
-    h, w = img.pixels.shape
+    h, w = img.image.shape
     size = (max(1, round(w * fx)), max(1, round(h * fy)))
     if max(size) > params.max_side_px:
         raise TooLargeError(token, "resampled size exceeds the maximum side")
     interp = cv2.INTER_AREA if fx * fy < 1 else cv2.INTER_LINEAR
-    img.pixels = np.clip(cv2.resize(img.pixels, size, interpolation=interp), 0.0, 1.0)
+    img.image = np.clip(cv2.resize(img.pixels, size, interpolation=interp), 0.0, 1.0)
     img.fields["spacing_mm"] = [params.target_mm_per_px, params.target_mm_per_px]
     img.notes.append("resampled to the target pixel spacing")
     return img

@@ -52,7 +52,8 @@ def check_pixels(pixels: np.ndarray, params: PreprocessParams, stored_shape: Ite
     Parameters
     ----------
     pixels
-        float image in [0, 1], high = dense.
+        float image in [0, 1], high = dense (an array or a
+        :class:`~client.data.stored_image.StoredImage`: only a subsample is read).
     params
         Size limits.
     stored_shape

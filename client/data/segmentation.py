@@ -25,6 +25,8 @@ from functools import cached_property
 import cv2
 import numpy as np
 
+from client.data.stored_image import StoredImage, as_array
+
 WORK_SIDE = 512  # segment on an image whose longer side is at most this (speed)
 MIN_AREA_FRACTION = 0.002  # the implant covers at least this fraction of the image
 FOREIGN_RATIO = 0.25  # another far component at least this large (relative to the implant) = foreign
@@ -87,6 +89,19 @@ class Segmentation:
         work = crop_padded(self.work_mask, (wx0, wy0, wx1, wy1))
         up = cv2.resize(work, ((wx1 - wx0) * k, (wy1 - wy0) * k), interpolation=cv2.INTER_NEAREST)
         return up[y0 - wy0 * k:y1 - wy0 * k, x0 - wx0 * k:x1 - wx0 * k]
+
+
+    def mask_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """uint8 mask values at input-image pixels ``rows`` x ``cols`` (a grid; 0 outside the image)."""
+        h, w = self.shape
+        r_in, c_in = (rows >= 0) & (rows < h), (cols >= 0) & (cols < w)
+        k = self.factor
+        wr = np.clip(rows // k, 0, self.work_mask.shape[0] - 1)
+        wc = np.clip(cols // k, 0, self.work_mask.shape[1] - 1)
+        out = self.work_mask[np.ix_(wr, wc)].copy()
+        out[~r_in, :] = 0
+        out[:, ~c_in] = 0
+        return out
 
 
 def otsu(hist: np.ndarray) -> tuple[int, float]:
@@ -159,10 +174,20 @@ def _candidate_levels(scores: np.ndarray) -> list[int]:
 
 def _small_bright(u8: np.ndarray, lower: int, min_area: float) -> np.ndarray:
     """Isolated bright objects smaller than ``min_area`` pixels (letters, side markers)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((u8 > lower).astype(np.uint8), connectivity=8)
+    n, labels, area = _components((u8 > lower).astype(np.uint8))
     small = np.zeros(n, bool)
-    small[1:] = stats[1:, cv2.CC_STAT_AREA] < min_area
+    small[1:] = area[1:] < min_area
     return small[labels]
+
+
+def _components(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count incl. background, 8-connected labels, pixel count per label).
+
+    OpenCV's labelling alone, areas by ``bincount``: ~4x faster than
+    ``connectedComponentsWithStats``, whose other statistics are not needed here.
+    """
+    n, labels = cv2.connectedComponents(binary, connectivity=8)
+    return n, labels, np.bincount(labels.ravel(), minlength=n)
 
 
 def _drop_border_strips(metal: np.ndarray) -> np.ndarray:
@@ -183,16 +208,22 @@ def _drop_border_strips(metal: np.ndarray) -> np.ndarray:
     return out
 
 
-def segment_implant(img: np.ndarray) -> Segmentation:
-    """Segment the implant of ``img`` (float HxW in [0, 1], high = dense)."""
+def segment_implant(img: np.ndarray | StoredImage) -> Segmentation:
+    """Segment the implant of ``img`` (float HxW in [0, 1], high = dense).
+
+    A :class:`~client.data.stored_image.StoredImage` is reduced in its stored values and
+    looked up (:meth:`~client.data.stored_image.StoredImage.reduced`): no full-resolution
+    float pass.
+    """
     h, w = img.shape
     empty = Segmentation(np.zeros((1, 1), np.uint8), 1, (h, w), None, 0, 0.0, 0.0)
     k = -(-max(h, w) // WORK_SIDE)  # integer shrink factor: OpenCV's fast block-average path
     if k > 1 and min(h, w) >= k:
-        work = cv2.resize(img[: h // k * k, : w // k * k].astype(np.float32, copy=False), (w // k, h // k),
-                          interpolation=cv2.INTER_AREA)
+        work = img.reduced(k) if isinstance(img, StoredImage) else cv2.resize(
+            img[: h // k * k, : w // k * k].astype(np.float32, copy=False), (w // k, h // k),
+            interpolation=cv2.INTER_AREA)
     else:
-        k, work = 1, img
+        k, work = 1, as_array(img)
     u8 = np.clip(cv2.GaussianBlur(work.astype(np.float32), (0, 0), 1.0) * 255 + 0.5, 0, 255).astype(np.uint8)
     if int(u8.max()) - int(u8.min()) < 8:
         return empty
@@ -214,37 +245,38 @@ def segment_implant(img: np.ndarray) -> Segmentation:
     median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2)) / 255.0  # of the blurred image
     contrast = float(work[mask > 0].mean() - median)
     step = _edge_step(work, mask)
-    ys, xs = np.nonzero(mask)
-    box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    box = (box[0] * k, box[1] * k, min(w, box[2] * k), min(h, box[3] * k))
+    bx, by, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels
+    box = (bx * k, by * k, min(w, (bx + bw) * k), min(h, (by + bh) * k))
     return Segmentation(mask * np.uint8(255), k, (h, w), box, others, contrast, step)
 
 
 def _implant_components(metal: np.ndarray, min_area: float) -> tuple[np.ndarray, int] | None:
     """(implant mask 0/1, number of foreign metal components), or None when no implant is large enough."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(metal, connectivity=8)
+    n, labels, area = _components(metal)
     along = _along_border(labels, n)
-    big = sorted((i for i in range(1, n) if not along[i] and stats[i, cv2.CC_STAT_AREA] >= min_area * 0.25),
-                 key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    big = sorted((i for i in range(1, n) if not along[i] and area[i] >= min_area * 0.25), key=lambda i: -int(area[i]))
     dist = cv2.distanceTransform(metal, cv2.DIST_L2, 3)
 
     def thick(i: int) -> bool:  # lines and edges are not implants (but may be parts of one: a thin cup rim)
         return float(dist[labels == i].max()) >= MIN_HALF_WIDTH
 
     main = next((i for i in big if thick(i)), None)
-    if main is None or stats[main, cv2.CC_STAT_AREA] < min_area:
+    if main is None or area[main] < min_area:
         return None
-    main_area = int(stats[main, cv2.CC_STAT_AREA])
+    main_area = int(area[main])
     mask = (labels == main).astype(np.uint8)
-    reach = max(3, int(NEAR_FRACTION * max(stats[main, cv2.CC_STAT_WIDTH], stats[main, cv2.CC_STAT_HEIGHT])))
-    near = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 3) <= reach
+    _, _, main_w, main_h = cv2.boundingRect(mask)
+    reach = max(3, int(NEAR_FRACTION * max(main_w, main_h)))
+    near: np.ndarray | None = None  # within reach of the implant; computed only if another component is there
     others = 0
     for comp in big:
         if comp == main:
             continue
+        if near is None:
+            near = cv2.distanceTransform(1 - mask, cv2.DIST_L2, 3) <= reach
         if np.any(near[labels == comp]):
             mask[labels == comp] = 1
-        elif stats[comp, cv2.CC_STAT_AREA] > FOREIGN_RATIO * main_area and thick(comp):
+        elif area[comp] > FOREIGN_RATIO * main_area and thick(comp):
             others += 1
     return mask, others
 
@@ -281,8 +313,12 @@ def box_iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float
     return inter / union if union > 0 else 0.0
 
 
-def crop_padded(img: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    """Crop ``box`` (x0, y0, x1, y1) from ``img``, padding outside the image with 0 (a view when inside)."""
+def crop_padded(img: np.ndarray | StoredImage, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Crop ``box`` (x0, y0, x1, y1) from ``img``, padding outside the image with 0.
+
+    A view of an array when the box is inside it; from a :class:`StoredImage`, the box's
+    pixels only, looked up.
+    """
     x0, y0, x1, y1 = box
     h, w = img.shape
     if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:

@@ -22,10 +22,12 @@ from client.data.ingest import IngestError, read_image
 from client.data.layout import Item, list_items, map_labels
 from client.data.qc import BLANK, NO_IMPLANT, UNREADABLE, QCReport, Rejected, check_pixels
 from client.data.raster import RASTER_SOURCES, percentile_window
+from client.data.stored_image import StoredImage
 from client.data.transforms import Compose, Sample, build_eval_pipeline
 from client.site.config import label_map_of
 from common.catalog import Catalog
 from common.errors import ConfigError, InvalidInputError
+from common.parallel import default_workers
 from common.preprocess_params import PreprocessParams
 from common.redact import file_token
 
@@ -100,7 +102,7 @@ def process_file(path: Path, params: PreprocessParams, pipeline: Compose | None 
         logger.info("rejected %s: %s (%s)", token, e.reason, e.detail)
         return FileResult(None, e.reason)
     run = pipeline or build_eval_pipeline(params)
-    out, reason = _preprocess(img.pixels, img.fields.get("stored_shape"), params, run, token)
+    out, reason = _preprocess(img.image, img.fields.get("stored_shape"), params, run, token)
     if reason in WINDOWABLE and img.fields.get("source") in RASTER_SOURCES:
         windowed = percentile_window(img.pixels)
         if windowed is not None:
@@ -114,7 +116,7 @@ def process_file(path: Path, params: PreprocessParams, pipeline: Compose | None 
     return FileResult(None, reason, img.phi)
 
 
-def _preprocess(pixels: np.ndarray, stored_shape: object, params: PreprocessParams, run: Compose,
+def _preprocess(pixels: np.ndarray | StoredImage, stored_shape: object, params: PreprocessParams, run: Compose,
                 token: str) -> tuple[np.ndarray | None, str | None]:
     reason = check_pixels(pixels, params, stored_shape)
     if reason is not None:
@@ -144,7 +146,7 @@ def load_site(
     cache_dir: Path | None = None,
     val_fraction: float = 0.2,
     progress: bool = False,
-    workers: int = 1,
+    workers: int | None = None,
 ) -> SiteData:
     """Preprocess a site's labelled images (reusing the cache) into tensors.
 
@@ -166,7 +168,9 @@ def load_site(
     progress
         Show a rich progress bar.
     workers
-        Processes decoding in parallel (1 = in this process).
+        Processes decoding in parallel (1 = in this process). None: every available core
+        when there are at least :data:`common.parallel.PARALLEL_MIN_JOBS` files to decode,
+        else 1. Each file's result is the same either way.
 
     Raises
     ------
@@ -175,7 +179,7 @@ def load_site(
     """
     if not 0.0 <= val_fraction <= 1.0:
         raise ConfigError("val-fraction must be between 0 and 1")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ConfigError("workers must be >= 1")
     site_dir = Path(site_dir)
     items = list_items(site_dir)
@@ -192,9 +196,11 @@ def load_site(
             entries[fid] = prev
         else:
             todo.append((fid, item, stamp))
+    n_workers = workers if workers is not None else default_workers(len(todo))
     with _progress(len(items), progress) as advance:
         advance(len(items) - len(todo))
-        for (fid, _, stamp), res in zip(todo, _run(site_dir, [t[1] for t in todo], params, workers, advance), strict=True):
+        for (fid, _, stamp), res in zip(todo, _run(site_dir, [t[1] for t in todo], params, n_workers, advance),
+                                        strict=True):
             entries[fid] = CacheEntry(stamp, res.reason, list(res.phi), res.image)
     if cache is not None and (todo or set(old) != set(entries) or not cache.manifest_path.exists()):
         cache.save({fid: entries[fid] for fid in ids})

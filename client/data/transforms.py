@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 from client.data.segmentation import Segmentation, crop_padded, segment_implant
+from client.data.stored_image import LazyImage, StoredImage, StoredRegion
 from common.errors import InvalidInputError
 from common.preprocess_params import PreprocessParams
 
@@ -29,7 +30,9 @@ class Sample:
     Attributes
     ----------
     image
-        float32 HxW in [0, 1], high = dense.
+        float32 HxW in [0, 1], high = dense; before the ROI crop possibly a
+        :class:`~client.data.stored_image.StoredImage` (pixels looked up where needed),
+        which :class:`Compose` turns into an array for any transform that does not take one.
     seg
         The implant segmentation, in the coordinates of the ingested image (set by
         :class:`SegmentImplant`, never moved by later steps).
@@ -37,7 +40,7 @@ class Sample:
         The implant mask in the current image's coordinates once :class:`CropROI` ran.
     """
 
-    image: np.ndarray
+    image: np.ndarray | LazyImage
     seg: Segmentation | None = None
     roi_mask: np.ndarray | None = None
 
@@ -68,6 +71,8 @@ class Compose:
 
     def __call__(self, sample: Sample) -> Sample:
         for t in self.transforms:
+            if isinstance(sample.image, LazyImage) and not getattr(t, "takes_stored", False):
+                sample = _materialized(sample)
             try:
                 sample = t(sample)
             except InvalidInputError:
@@ -77,9 +82,20 @@ class Compose:
         return sample
 
 
+def _materialized(s: Sample) -> Sample:
+    """The sample with its pixels computed (and the ROI mask a cropped region carries)."""
+    assert isinstance(s.image, LazyImage)
+    if isinstance(s.image, StoredRegion) and s.roi_mask is None and s.seg is not None \
+            and s.seg.shape == s.image.image.shape:
+        return replace(s, image=s.image.full, roi_mask=s.seg.crop_mask(s.image.box))
+    return replace(s, image=s.image.full)
+
+
 # ------------------------------------------------------------------ deterministic core
 class SegmentImplant:
     """Find the implant (see :mod:`client.data.segmentation`)."""
+
+    takes_stored = True  # segments a reduced copy
 
     def __call__(self, s: Sample) -> Sample:
         return replace(s, seg=segment_implant(s.image))
@@ -87,6 +103,8 @@ class SegmentImplant:
 
 class QCGate:
     """Stop with :class:`client.data.qc.Rejected` when the segmentation finds no usable implant."""
+
+    takes_stored = True  # reads only the segmentation
 
     def __call__(self, s: Sample) -> Sample:
         from client.data.qc import Rejected, check_segmentation
@@ -101,8 +119,10 @@ class CropROI:
     """Crop a square box around the implant; ``margin`` is a fraction of the box's long side.
 
     Outside the image the crop is padded with 0 (no signal). The implant mask is cropped
-    along (``Sample.roi_mask``).
+    along (``Sample.roi_mask``). From a :class:`StoredImage` only the box's pixels are looked up.
     """
+
+    takes_stored = True
 
     def __init__(self, margin: float) -> None:
         if not 0 <= margin <= 1:
@@ -113,6 +133,8 @@ class CropROI:
         if s.seg is None or s.seg.box is None:
             raise TransformError("CropROI needs a segmented implant")
         box = roi_box(s.seg.box, self.margin)
+        if isinstance(s.image, StoredImage):  # looked up later, where needed; its mask likewise
+            return replace(s, image=s.image.region(box), roi_mask=None)
         mask = s.seg.crop_mask(box) if s.seg.shape == s.image.shape else None
         return replace(s, image=crop_padded(s.image, box), roi_mask=mask)
 
@@ -133,14 +155,41 @@ class Resize:
             raise ValueError("size must be >= 8")
         self.size = size
 
+    takes_stored = True  # a square region of stored values is averaged down before it is looked up
+
     def __call__(self, s: Sample) -> Sample:
-        image, mask = _square(s.image), _square(s.roi_mask) if s.roi_mask is not None else None
+        region = s.image
+        if isinstance(region, StoredRegion) and region.shape[0] == region.shape[1] > self.size \
+                and s.roi_mask is None and s.seg is not None and s.seg.shape == region.image.shape:
+            return self._shrink_stored(s, region, s.seg)
+        if isinstance(region, LazyImage):
+            s = _materialized(s)
+        mask = _square(s.roi_mask) if s.roi_mask is not None else None
+        image = _square(s.image)
         if image.shape[0] > self.size:
             image = shrink(image, self.size)
             mask = shrink(mask, self.size, nearest=True) if mask is not None else None
         else:
             image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
             mask = cv2.resize(mask, (self.size, self.size), interpolation=cv2.INTER_NEAREST) if mask is not None else None
+        return replace(s, image=np.clip(image, 0.0, 1.0).astype(np.float32), roi_mask=mask)
+
+
+    def _shrink_stored(self, s: Sample, region: StoredRegion, seg: Segmentation) -> Sample:
+        """What the array path gives for a square region (within float32 rounding), reading only what it needs.
+
+        The mask is sampled where OpenCV's nearest-neighbour shrink would sample the
+        full-resolution crop (every k-th pixel from the centred offset), from the
+        segmentation's working mask.
+        """
+        side = region.shape[0]
+        k = side // self.size
+        off = (side - k * self.size) // 2 if k >= 2 else 0
+        keep = k * self.size if k >= 2 else side
+        image = region.area_shrink((off, off, off + keep, off + keep), self.size)
+        grid = off + (np.arange(self.size) * keep) // self.size  # cv2 INTER_NEAREST: floor(i * keep / size)
+        x0, y0 = region.box[0], region.box[1]
+        mask = seg.mask_at(y0 + grid, x0 + grid)
         return replace(s, image=np.clip(image, 0.0, 1.0).astype(np.float32), roi_mask=mask)
 
 

@@ -191,6 +191,32 @@ def test_workers_give_the_same_result(small_site, catalog):
     assert np.array_equal(one.x, two.x) and np.array_equal(one.y, two.y) and one.report == two.report
 
 
+def test_by_default_many_files_are_decoded_on_every_core_and_give_the_serial_result(small_site, catalog,
+                                                                                   monkeypatch):
+    import common.parallel as parallel
+
+    # Prepare: a threshold the small site passes, and a record of the pool sizes asked for
+    monkeypatch.setattr(parallel, "PARALLEL_MIN_JOBS", 2)
+    monkeypatch.setattr(parallel, "available_cores", lambda: 2)
+    asked = []
+    real = parallel.default_workers
+    monkeypatch.setattr("client.data.site_data.default_workers", lambda n: asked.append(real(n)) or asked[-1])
+    # Execute
+    serial = load_site(small_site, catalog=catalog, params=PARAMS, workers=1)
+    auto = load_site(small_site, catalog=catalog, params=PARAMS)
+    # Assert
+    assert asked == [2]
+    assert np.array_equal(serial.x, auto.x) and np.array_equal(serial.y, auto.y) and serial.report == auto.report
+
+
+def test_default_workers_are_every_core_for_many_jobs_and_one_for_few(monkeypatch):
+    import common.parallel as parallel
+
+    monkeypatch.setattr(parallel, "available_cores", lambda: 6)
+    assert parallel.default_workers(parallel.PARALLEL_MIN_JOBS - 1) == 1
+    assert parallel.default_workers(parallel.PARALLEL_MIN_JOBS) == 6
+
+
 @pytest.mark.parametrize(("fraction", "expected"), [(0.0, 0), (1.0, 6)])
 def test_val_fraction_extremes(small_site, catalog, fraction, expected):
     data = load_site(small_site, catalog=catalog, params=PARAMS, val_fraction=fraction)

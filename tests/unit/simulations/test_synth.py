@@ -61,9 +61,9 @@ def _load(path: Path) -> np.ndarray:
 
 
 def test_same_seed_is_byte_identical_and_another_seed_differs(tmp_path: Path) -> None:
-    # Prepare / Execute
-    generate(tmp_path / "a", preset=TINY, seed=11)
-    generate(tmp_path / "b", preset=TINY, seed=11)
+    # Prepare / Execute: the same seed once in this process and once on two processes
+    generate(tmp_path / "a", preset=TINY, seed=11, workers=1)
+    generate(tmp_path / "b", preset=TINY, seed=11, workers=2)
     generate(tmp_path / "c", preset=TINY, seed=12)
     a, b, c = (_files(tmp_path / x) for x in "abc")
     # Assert
