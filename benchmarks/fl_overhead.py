@@ -99,16 +99,19 @@ NO_DP_POLICY = {"require-dp": False}  # the simulated sites' policy: a plain run
 
 
 def simulate(sites: Sequence[Any], cfg: Any, catalog: Any, *, num_cpus: int, client_app: Any = None,
-             expect_sites: int | None = None) -> SimTiming:
+             expect_sites: int | None = None, ray_address: str | None = None) -> SimTiming:
     """Run our ServerApp over ``sites`` on Flower's simulation engine; time it.
 
     Raises ``RuntimeError`` when a round used fewer than ``expect_sites`` replies (default:
     all sites), so that a benchmark never times rounds in which sites refused or failed.
+    Ray is a local instance of ``num_cpus`` CPUs, or the cluster at ``ray_address``
+    (:mod:`simulations.ray_cluster`, as ``implantfl-sim run`` uses it).
     """
     from flwr.simulation import run_simulation
 
     from client.app import build_client_app
     from server.app import RunSetup, build_server_app
+    from simulations.ray_cluster import ray_session
 
     timing = SimTiming(total_s=0.0)
 
@@ -120,16 +123,16 @@ def simulate(sites: Sequence[Any], cfg: Any, catalog: Any, *, num_cpus: int, cli
         timing.update_bytes.append(float(record.aggregate.get("update-bytes", 0.0)))
 
     setup = RunSetup(config=cfg, catalog=catalog, checkpoint_dir=None, on_round_end=on_round_end)
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-               "init_args": {"num_cpus": num_cpus, "logging_level": "error", "log_to_driver": False}}
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
     flwr_logger = logging.getLogger("flwr")
     old = flwr_logger.level
     flwr_logger.setLevel(logging.ERROR)  # Flower's per-round INFO and deprecation notices
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     t0 = time.perf_counter()
     try:
-        run_simulation(server_app=build_server_app(setup), client_app=client_app or build_client_app(list(sites)),
-                       num_supernodes=len(sites), backend_config=backend)
+        with ray_session(ray_address, cpus=num_cpus):
+            run_simulation(server_app=build_server_app(setup), client_app=client_app or build_client_app(list(sites)),
+                           num_supernodes=len(sites), backend_config=backend)
     finally:
         flwr_logger.setLevel(old)
     timing.total_s = time.perf_counter() - t0

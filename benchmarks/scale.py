@@ -4,7 +4,12 @@ Two simulations on Flower's simulation engine (Ray, one CPU per simulated site, 
 workers as this machine has cores), each with our real ServerApp and ClientApp:
 
 - 100 sites x 5 rounds, every site trains every round;
-- 1000 sites sampling 5% (50 sites) per round x 5 rounds.
+- 1000 sites sampling 5% (50 sites) per round x 5 rounds;
+- the first scenario again on a Ray cluster of two nodes on this machine (Ray's own
+  ``ray.cluster_utils.Cluster``, the cores split between them), joined as
+  ``implantfl-sim run --ray-address`` joins one: ``..._cluster_wall_s`` and its ratio to
+  the local instance of the same run. The cluster is running before the clock starts (a
+  researcher's cluster is); the local figure includes starting its own instance.
 
 ``min-available-sites`` is the number of sites: Flower's sampler draws its fraction from
 the nodes registered *so far*, and in round 1 of a 1000-node simulation that can be a
@@ -30,6 +35,8 @@ import os
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,9 +214,32 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
             figures[f"{sc.name}_peak_rss_mb"] = round(mem.peak_rss_mb, 1)
             figures[f"{sc.name}_peak_pss_mb"] = round(mem.peak_pss_mb, 1)
             info[f"{sc.name}_sites_per_round"] = timing.sites_used
+        sc = scenarios(quick)[0]
+        cfg = base.replace(num_server_rounds=sc.rounds, fraction_fit=sc.fraction, fraction_evaluate=0.0,
+                           min_fit_sites=2, min_available_sites=sc.sites)
+        sites = tiny_sites(sc.sites, splits, root / "fed" / "catalog.json", root / "cache", root / "cluster", params)
+        with two_local_nodes(cpus) as address:
+            timing = simulate(sites, cfg, catalog, num_cpus=cpus, expect_sites=sc.per_round, ray_address=address)
+        figures[f"{sc.name}_cluster_wall_s"] = round(timing.total_s, 1)
+        figures[f"{sc.name}_cluster_over_local_ratio"] = round(timing.total_s / figures[f"{sc.name}_wall_s"], 3)
+        info["cluster"] = {"nodes": 2, "cpus_per_node": [max(1, cpus // 2), max(1, cpus - cpus // 2)]}
     for k in figures:
-        units[k] = "s" if k.endswith("_s") else "MiB"
+        units[k] = "x" if k.endswith("_ratio") else "s" if k.endswith("_s") else "MiB"
     return figures, units, info
+
+
+@contextmanager
+def two_local_nodes(cpus: int) -> Iterator[str]:
+    """The address of a two-node Ray cluster on this machine (its processes stopped by Ray's utility)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": max(1, cpus // 2), "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=max(1, cpus - cpus // 2))
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
 
 
 def _needs_proc() -> str | None:

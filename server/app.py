@@ -10,6 +10,7 @@ app with :func:`build_server_app`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class RunSetup:
     encoder: Any = None  # the public FrozenEncoder (None: run config key ``encoder-file``, when the run has a head)
     evaluate_fn: EvaluateFn | None = None  # central evaluation (simulations only: the server has no images)
     on_round_end: RoundHook | None = None
+    abort: threading.Event | None = None  # set by a simulation whose runtime died: every wait ends (AbortableGrid)
+    abort_reason: list[str] = field(default_factory=list)  # why, for the error the run ends with
     final: LoopState | None = field(default=None, init=False)  # set when the run ends
 
 
@@ -159,6 +162,10 @@ def build_server_app(setup: RunSetup | None = None) -> ServerApp:
 
     @app.main()
     def _main(grid: Grid, context: Context) -> None:
+        if the_setup.abort is not None:
+            from server.abortable_grid import AbortableGrid
+
+            grid = AbortableGrid(grid, the_setup.abort, the_setup.abort_reason)  # type: ignore[assignment]
         run(grid, context, the_setup)
 
     return app

@@ -60,13 +60,30 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
 def _options(args: argparse.Namespace, *, baseline: bool):  # noqa: ANN202
+    from simulations.ray_cluster import cluster_address
     from simulations.runner import SimOptions
 
     return SimOptions(preset=args.preset, data=args.data, dataset=args.dataset, partition=args.partition,
                       body_part=args.body_part, sites=args.sites, overrides=_overrides(args), seed=args.seed,
                       state_dir=args.state_dir, out=args.out, baseline=baseline, progress=not args.json, verbose=args.verbose,
-                      encoder=args.encoder)
+                      encoder=args.encoder, ray_address=cluster_address(getattr(args, "ray_address", None)),
+                      site_cpus=getattr(args, "site_cpus", 1.0), site_gpus=getattr(args, "site_gpus", None),
+                      shared_dir=getattr(args, "shared_dir", None))
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -88,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     results = runner.run(opts)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
-    else:
+    elif "final" in results:  # a crashed engine leaves only its outcome
         print_summary(results)
     outcome = results.get("outcome", {})
     if outcome.get("status") == "failed":
@@ -156,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a simulated federation (Flower simulation engine)")
     _add_run_flags(p)
     p.add_argument("--no-baseline", action="store_true", help="skip the pooled baseline")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="join this running Ray cluster (default: RAY_ADDRESS if set, else a local Ray instance of "
+                        "the run's own, never one found on the machine)")
+    p.add_argument("--site-cpus", type=_positive, default=1.0, help="CPUs per simulated site on Ray (default 1)")
+    p.add_argument("--site-gpus", type=_non_negative, help="GPUs per simulated site (default 0.5 with CUDA, else 0)")
+    p.add_argument("--shared-dir", type=Path, help="data, caches and privacy ledgers here: a path every node of the "
+                   "cluster mounts (default: ~/.cache/implantfl and <out>/state)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("centralized", help="the end-to-end model (--model) pooled on the same split "

@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +20,11 @@ from typing import Any
 
 from common.config import RunConfig
 from common.device import pick_device
-from common.errors import ConfigError, ImplantFLError
+from common.errors import ConfigError
 from common.preprocess_params import PreprocessParams
 from common.release_gate import verdict_for
 from server.history import run_outcome
+from simulations.engine import SimulationCrashed
 from simulations.federation import Federation, default_cache_root, ensure_synthetic, simulated_sites
 from simulations.presets import load_preset
 
@@ -47,6 +47,10 @@ class SimOptions:
     encoder: Path | None = None  # public encoder folder for a run with a head; None = the default (cached)
     progress: bool = True
     verbose: bool = False
+    ray_address: str | None = None  # a Ray cluster to join; None = a local Ray instance of the run's own
+    site_cpus: float = 1.0  # each simulated site's CPUs on Ray
+    site_gpus: float | None = None  # each site's GPUs; None = 0.5 with CUDA, else 0
+    shared_dir: Path | None = None  # data, caches and ledgers here (every node of a cluster must see it)
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Prepared:
     site_names: list[str]
     timing: dict[str, float]
     encoder_dir: Path | None = None  # the run's public encoder (runs with a head)
+    execution: dict[str, Any] = field(default_factory=dict)  # where the engine ran (filled by the run)
 
 
 def prepare(opts: SimOptions) -> Prepared:
@@ -70,6 +75,15 @@ def prepare(opts: SimOptions) -> Prepared:
     out = opts.out or Path("runs") / f"{opts.preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     if (out / "results.json").exists():
         raise ConfigError(f"{out} already holds a finished run; choose another --out")
+    if opts.ray_address is not None:  # a cluster that is not there stops the run before any work
+        from simulations.ray_cluster import reachable
+
+        reachable(opts.ray_address)
+    state_dir = opts.state_dir
+    if opts.shared_dir is not None:  # every path a site's ClientApp uses, under the shared directory
+        shared = Path(opts.shared_dir).resolve()
+        os.environ["IMPLANTFL_CACHE"] = str(shared / "cache")  # generated data, encoders, preprocessed caches
+        state_dir = state_dir or shared / "state" / out.name
     t0 = time.monotonic()
     if opts.data and opts.dataset:
         raise ConfigError("give either --data or --dataset, not both")
@@ -92,7 +106,7 @@ def prepare(opts: SimOptions) -> Prepared:
 
     cfg, encoder_dir = resolve_encoder(cfg, opts.encoder, progress=opts.progress, timing=timing)
     return Prepared(
-        cfg=cfg, fed=fed, out=out, state_dir=opts.state_dir or out / "state",
+        cfg=cfg, fed=fed, out=out, state_dir=(state_dir or out / "state").resolve(),
         cache_dir=default_cache_root() / "preprocessed" / key, params=PreprocessParams(image_size=cfg.image_size),
         site_names=names, timing=timing, encoder_dir=encoder_dir,
     )
@@ -154,7 +168,10 @@ def run(opts: SimOptions) -> dict[str, Any]:
         res = final_model(arrays)
         return {"accuracy": res.accuracy, "loss": res.loss}
 
-    state, prep.timing["federation_s"] = _simulate(prep, sites, evaluate_fn, opts)
+    try:
+        state, prep.timing["federation_s"] = _simulate(prep, sites, evaluate_fn, opts)
+    except SimulationCrashed as e:
+        return _crashed(prep, opts, e, t_start)
 
     from common.metrics import classification_summary
 
@@ -164,7 +181,7 @@ def run(opts: SimOptions) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "out": str(prep.out),
-        "config": {**prep.cfg.to_flower(), "preset": opts.preset, "data": str(prep.fed.root), "sites": prep.site_names},
+        "config": _config(prep, opts),
         "sites": {n: {"kind": prep.fed.kinds().get(n, ""), "train": int((~d.is_val).sum()), "val": int(d.is_val.sum()),
                       "qc": d.report.to_dict()} for n, d in data.items()},
         "rounds": state.history.to_list(),
@@ -207,7 +224,6 @@ def run(opts: SimOptions) -> dict[str, Any]:
 def _final_model_fn(prep: Prepared, hd: Any) -> Any:
     """arrays -> EvalResult of the global model on the test set (head on features, or a model on images)."""
     from client.training.train import evaluate
-    from common.device import pick_device
     from common.release_files import image_model
 
     catalog = prep.fed.catalog
@@ -290,7 +306,6 @@ def _gradcam(prep: Prepared, arrays: Any, calibration: Any) -> dict[str, Any]:
 
 def _baselines(prep: Prepared, hd: Any, data: dict[str, Any], test: Any, *, progress: bool) -> dict[str, Any]:
     """The run's baselines: on features for a head (pooled, pooled_dp, single_site, pooled_cnn), else the pooled model."""
-    from common.device import pick_device
     from simulations.centralized import train_centralized
 
     if hd is not None:
@@ -304,39 +319,34 @@ def _baselines(prep: Prepared, hd: Any, data: dict[str, Any], test: Any, *, prog
                        "train_examples": base.train_examples, "dp": False, "epsilon": 0.0, "model": prep.cfg.model}}
 
 
+def _config(prep: Prepared, opts: SimOptions) -> dict[str, Any]:
+    return {**prep.cfg.to_flower(), "preset": opts.preset, "data": str(prep.fed.root), "sites": prep.site_names,
+            "execution": prep.execution}
+
+
+def _crashed(prep: Prepared, opts: SimOptions, e: Any, t_start: float) -> dict[str, Any]:
+    """The run directory of a run whose engine crashed: it failed, and why (results.json, no release)."""
+    from server.report import write_results
+
+    prep.timing["wall_s"] = time.monotonic() - t_start
+    results = {"out": str(prep.out), "config": _config(prep, opts), "rounds": [],
+               "outcome": {"status": "failed", "reason": str(e), "rounds_trained": 0, "rounds_failed": 0,
+                           "rounds_planned": prep.cfg.num_server_rounds},
+               "timing": prep.timing}
+    write_results(prep.out, results)
+    return results
+
+
 def _simulate(prep: Prepared, sites: list, evaluate_fn: Any, opts: SimOptions) -> tuple[Any, float]:
-    from flwr.simulation import run_simulation
+    from server.app import RunSetup
+    from simulations.engine import EngineOptions, simulate
 
-    from client.app import build_client_app
-    from server.app import RunSetup, build_server_app
-
-    progress_ctx = _round_progress(prep.cfg.num_server_rounds) if opts.progress else nullcontext(None)
-    with progress_ctx as bar:
-        setup = RunSetup(
-            config=prep.cfg, catalog=prep.fed.catalog, encoder=_encoder(prep), checkpoint_dir=prep.out / "checkpoint",
-            evaluate_fn=evaluate_fn, on_round_end=(lambda rec, _a: bar(rec)) if bar else None,
-        )
-        backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.5 if pick_device().type == "cuda" else 0.0},
-                   "init_args": {"num_cpus": max(1, os.cpu_count() or 1), "logging_level": "error",
-                                 "log_to_driver": opts.verbose}}
-        flwr_logger = logging.getLogger("flwr")
-        old = flwr_logger.level
-        if not opts.verbose:
-            flwr_logger.setLevel(logging.ERROR)  # Flower's per-round INFO and deprecation notices
-            os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        t0 = time.monotonic()
-        try:
-            run_simulation(server_app=build_server_app(setup), client_app=build_client_app(sites),
-                           num_supernodes=len(sites), backend_config=backend)
-        except ImplantFLError as e:
-            if setup.final is None:
-                raise
-            logger.warning("the federation ended failed: %s", e)  # its rounds are recorded: results say why
-        finally:
-            flwr_logger.setLevel(old)
-    if setup.final is None:
-        raise RuntimeError("the simulated federation ended without a result; rerun with --verbose for Flower's logs")
-    return setup.final, time.monotonic() - t0
+    setup = RunSetup(config=prep.cfg, catalog=prep.fed.catalog, encoder=_encoder(prep),
+                     checkpoint_dir=prep.out / "checkpoint", evaluate_fn=evaluate_fn)
+    shared = (prep.fed.root, prep.cache_dir, prep.state_dir, *([prep.encoder_dir] if prep.encoder_dir else []))
+    engine = EngineOptions(ray_address=opts.ray_address, site_cpus=opts.site_cpus, site_gpus=opts.site_gpus,
+                           shared_paths=tuple(shared), progress=opts.progress, verbose=opts.verbose)
+    return simulate(setup, sites, prep.cfg.num_server_rounds, engine, prep.execution)
 
 
 def _encoder(prep: Prepared) -> Any:
@@ -345,27 +355,6 @@ def _encoder(prep: Prepared) -> Any:
     from common.encoders import load_encoder
 
     return load_encoder(prep.encoder_dir, expected_sha256=prep.cfg.encoder)
-
-
-def _round_progress(total: int):  # noqa: ANN202
-    from contextlib import contextmanager
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    @contextmanager
-    def ctx():  # noqa: ANN202
-        with Progress(TextColumn("[bold]federated rounds"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[info]}"), TimeElapsedColumn(), transient=False) as prog:
-            task = prog.add_task("rounds", total=total, info="")
-
-            def update(rec: Any) -> None:
-                agg = rec.aggregate
-                info = f"test acc {agg.get('test-accuracy', float('nan')):.3f}  sites {int(agg.get('sites-used', 0))}"
-                prog.update(task, advance=1, info=info)
-
-            yield update
-
-    return ctx()
 
 
 def simulated_policy(cfg: RunConfig) -> dict[str, Any] | None:

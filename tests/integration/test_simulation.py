@@ -16,16 +16,35 @@ from simulations.runner import SimOptions, run
 pytestmark = pytest.mark.slow
 
 
-def _run(tmp_path_factory, encoder=None, baseline=False, **overrides):  # noqa: ANN001, ANN202
+def _run(tmp_path_factory, encoder=None, baseline=False, env=None, ray_address=None, **overrides):  # noqa: ANN001, ANN202
     out = tmp_path_factory.mktemp("run")
     mp = pytest.MonkeyPatch()
     mp.setenv("IMPLANTFL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    for key, value in (env or {}).items():
+        mp.setenv(key, value)
     try:
         results = run(SimOptions(preset="smoke", overrides=overrides, out=out, progress=False, baseline=baseline,
-                                 encoder=encoder))
+                                 encoder=encoder, ray_address=ray_address))
     finally:
         mp.undo()
     return out, results
+
+
+@pytest.fixture(scope="module")
+def stale_ray_tmpdir():
+    """A Ray temp dir holding the cluster file ``ray start`` leaves, naming a head that is gone."""
+    import shutil
+    import socket
+    import tempfile
+
+    with socket.socket() as s:  # a port nothing listens on any more
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    root = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
+    (root / "ray").mkdir()
+    (root / "ray" / "ray_current_cluster").write_text(dead + "\n")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +60,10 @@ def smoke_run_again(tmp_path_factory, public_encoder):
 
 
 @pytest.fixture(scope="module")
-def plain_runs(tmp_path_factory, public_encoder):
-    """Two runs without DP and the same config."""
-    return _run(tmp_path_factory, public_encoder, dp=False), _run(tmp_path_factory, public_encoder, dp=False)
+def plain_runs(tmp_path_factory, public_encoder, stale_ray_tmpdir):
+    """Two runs without DP and the same config; the second with a dead cluster's address file left on the machine."""
+    return (_run(tmp_path_factory, public_encoder, dp=False),
+            _run(tmp_path_factory, public_encoder, dp=False, env={"RAY_TMPDIR": str(stale_ray_tmpdir)}))
 
 
 def _weights(out):
@@ -140,3 +160,60 @@ def test_two_runs_without_dp_and_the_same_config_end_bit_identical(plain_runs):
     a, b = _weights(out_a), _weights(out_b)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     assert res_a["dp_noise"]["source"] == "none"
+
+
+def test_a_cluster_left_on_the_machine_does_not_capture_a_plain_run(plain_runs):
+    # the second plain run found a dead cluster's address file (stale_ray_tmpdir) and ran on its own instance
+    (_, res_a), (_, res_b) = plain_runs
+    assert res_a["config"]["execution"]["ray"] == res_b["config"]["execution"]["ray"] == "local"
+    assert res_b["outcome"]["status"] == "completed"
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A real Ray cluster of two nodes on this machine (Ray's own test utility; its processes stopped by it)."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
+
+
+def test_the_smoke_federation_on_a_two_node_cluster_matches_the_local_run(tmp_path_factory, public_encoder,
+                                                                          plain_runs, two_node_cluster):
+    # Execute: the same run config as the local plain runs, on the cluster named like RAY_ADDRESS would name it
+    out, results = _run(tmp_path_factory, public_encoder, dp=False, ray_address=two_node_cluster.address)
+    # Assert: it ran there (both nodes checked for the shared paths and the code), with the local run's result
+    (local_out, local), _ = plain_runs
+    execution = results["config"]["execution"]
+    assert execution["ray"] == two_node_cluster.address and execution["nodes"] == 2 and execution["cpus"] == 2.0
+    assert execution["nodes_checked"] == 2
+    assert results["final"]["accuracy"] == local["final"]["accuracy"]
+    a, b = _weights(out), _weights(local_out)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_crashed_simulation_runtime_ends_the_command_with_its_reason(tmp_path_factory, public_encoder, plain_runs):
+    import subprocess
+    import sys
+    import time
+
+    # Prepare: sites that ask for more CPUs than this machine has: Flower's engine cannot start one
+    out = tmp_path_factory.mktemp("crash") / "run"
+    cache = tmp_path_factory.getbasetemp() / "cache"  # the plain runs' data and caches
+    cmd = [sys.executable, "-m", "simulations.cli", "run", "--preset", "smoke", "--no-dp", "--no-baseline",
+           "--encoder", str(public_encoder), "--site-cpus", "64", "--out", str(out)]
+    # Execute
+    t0 = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[2],
+                          env={**__import__("os").environ, "IMPLANTFL_CACHE": str(cache)})
+    # Assert: a non-zero exit in bounded time, and the run directory says it failed and why
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 180
+    assert "the simulation runtime crashed" in proc.stderr
+    outcome = json.loads((out / "results.json").read_text())["outcome"]
+    assert outcome["status"] == "failed" and "ActorPool is empty" in outcome["reason"]
