@@ -22,7 +22,7 @@ from common.errors import ImplantFLError
 
 EXIT_CONFIG = 2
 EXIT_NOTHING_ACCEPTED = 3  # check: the site has no image it could train on
-MOUNTED_MODULES = ("client.site.daemon_cli", "client.bedside.predict_cli")
+MOUNTED_MODULES = ("client.site.daemon_cli", "client.bedside.predict_cli", "client.data.segment_cli")
 
 
 # ---------------------------------------------------------------------------- shared inputs
