@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 ROUND_KEYS = ("server-round", "catalog-fingerprint", "proximal-mu")
 TRAIN_METRICS = (
     "num-examples", "train-loss", "train-accuracy", "epsilon", "epsilon-run",
-    "dp-steps", "noise-multiplier", "sample-rate",
+    "dp-steps", "noise-multiplier", "sample-rate", "max-epsilon",  # the site's own budget: policy, not patient data
 )
 EVAL_METRICS = ("num-examples", "val-loss", "val-accuracy", "epsilon")
 
@@ -112,7 +112,7 @@ def _train(site: SiteConfig, arrays: ArrayRecord, config: Mapping[str, Any], *, 
         logger.warning("round %d refused (%s): %s", server_round, decision.code, decision.reason)
         spent = ledger.cumulative_epsilon(policy.delta) if ledger.rows() else 0.0
         return RecordDict({
-            "metrics": _metrics(TRAIN_METRICS, {"epsilon": spent}),
+            "metrics": _metrics(TRAIN_METRICS, {"epsilon": spent, "max-epsilon": policy.max_epsilon}),
             "site": _status(site.name, str(decision.code), str(decision.reason)),
         })
     out = job.execute()
@@ -126,7 +126,8 @@ def _train(site: SiteConfig, arrays: ArrayRecord, config: Mapping[str, Any], *, 
     logger.info("round %d: %s from %d images, epsilon %.2f", server_round, out.payload, out.metrics["num-examples"],
                 eps_cum)
     metrics = {**out.metrics, "epsilon": eps_cum, "epsilon-run": eps_run, "dp-steps": out.steps,
-               "noise-multiplier": out.noise_multiplier if cfg.dp else 0.0, "sample-rate": out.sample_rate}
+               "noise-multiplier": out.noise_multiplier if cfg.dp else 0.0, "sample-rate": out.sample_rate,
+               "max-epsilon": policy.max_epsilon}
     status = _status(site.name, "ok")
     if out.payload == STATS_KIND:
         status["payload"] = STATS_KIND

@@ -15,6 +15,20 @@ PY="${PYTHON:-python3}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 EXTRAS="${1:-dev}"
 
+# The dashboard's browser tests drive Debian's Chromium (no browser download at test time).
+if [ "$EXTRAS" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian chromium (for the dashboard's browser tests)"
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/tmp/implantfl-apt.log 2>&1; then
+      apt-get update -q >>/tmp/implantfl-apt.log 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >>/tmp/implantfl-apt.log 2>&1 \
+        || echo "[setup] could not install chromium (see /tmp/implantfl-apt.log): the browser tests will be skipped" >&2
+    fi
+  else
+    echo "[setup] /usr/bin/chromium is missing: the dashboard's browser tests are skipped (as root: apt-get install chromium)" >&2
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV"
   "$PY" -m venv "$VENV"

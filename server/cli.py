@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", type=Path, help="the run's public encoder folder (default: the server config's)")
     p.add_argument("--preprocess", type=Path, help="preprocessing parameters JSON the sites used (default: defaults)")
     p.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
+
+    from server.dashboard.cli import add_parser as add_dashboard
+
+    add_dashboard(sub)
     return parser
 
 
@@ -287,9 +291,15 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from server.dashboard.cli import cmd_dashboard
+
+    return cmd_dashboard(args)
+
+
 _COMMANDS = {
     "certs": _certs, "start": _start, "stop": _stop, "register": _register, "unregister": _unregister,
-    "run": _run, "status": _status, "export": _export,
+    "run": _run, "status": _status, "export": _export, "dashboard": _dashboard,
 }
 
 if __name__ == "__main__":
