@@ -67,5 +67,31 @@ def export_release(
         "final": federated_final(ckpt.history.to_list()),
     }
     card.update(guarantees(cfg, card["rounds"], num_sites=len(card["sites"])))
-    return write_release(Path(out), arrays=ckpt.arrays, config=cfg, catalog=catalog, preprocess=params,
-                         summary=card, calibration=calibration, onnx=onnx, encoder_dir=encoder_dir)
+    written = write_release(Path(out), arrays=ckpt.arrays, config=cfg, catalog=catalog, preprocess=params,
+                            summary=card, calibration=calibration, onnx=onnx, encoder_dir=encoder_dir)
+    record_release(Path(checkpoint_dir), written, ckpt.round)
+    return written
+
+
+RELEASES = "releases.json"  # in a checkpoint folder: the releases exported from it (server-side only)
+
+
+def record_release(checkpoint_dir: Path, release: Path, rnd: int) -> None:
+    """Tie a release and its run together: the release names the run (its checkpoint folder's name and
+    round, no server path), and the checkpoint folder lists its releases (for the operator's page)."""
+    import json
+    from datetime import UTC, datetime
+
+    info_path = release / "model.json"
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    info["run"] = {"checkpoint": Path(checkpoint_dir).resolve().name, "round": int(rnd)}
+    info_path.write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    index = Path(checkpoint_dir) / RELEASES
+    try:
+        entries = list(json.loads(index.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        entries = []
+    entries = [e for e in entries if e.get("path") != str(release.resolve())]
+    entries.append({"path": str(release.resolve()), "round": int(rnd),
+                    "created": datetime.now(UTC).isoformat(timespec="seconds")})
+    index.write_text(json.dumps(entries, indent=1) + "\n", encoding="utf-8")

@@ -145,8 +145,26 @@ def _sites(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(sites.values(), key=lambda s: s["name"])
 
 
+def _release_folder(src: RunSource) -> Path:
+    """A simulation's ``release/``; for a deployed run, the newest release exported from its checkpoint."""
+    if src.kind == "deployment":
+        entries = _read_json_list(src.folder / "releases.json")
+        for entry in reversed(entries):
+            folder = Path(str(entry.get("path", "")))
+            if (folder / "model.json").is_file():
+                return folder
+    return src.folder / "release"
+
+
+def _read_json_list(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [e for e in json.loads(path.read_text(encoding="utf-8")) if isinstance(e, dict)]
+    except (OSError, ValueError, TypeError):
+        return []
+
+
 def _release(src: RunSource, results: dict[str, Any] | None) -> dict[str, Any] | None:
-    folder = src.folder / "release"
+    folder = _release_folder(src)
     model = _read_json(folder / "model.json") or {}
     gate = model.get("release") or (results or {}).get("release")
     if not gate:
@@ -168,6 +186,6 @@ def _final(results: dict[str, Any] | None) -> dict[str, Any] | None:
 def model_card(src: RunSource) -> str | None:
     """The release's model card (Markdown), if the run has one."""
     try:
-        return (src.folder / "release" / "model_card.md").read_text(encoding="utf-8")
+        return (_release_folder(src) / "model_card.md").read_text(encoding="utf-8")
     except OSError:
         return None

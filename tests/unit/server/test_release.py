@@ -163,6 +163,15 @@ def test_export_release_from_a_checkpoint(tmp_path, site_level):
     assert rel.info["image_size"] == SIZE and not (out / "model.onnx").exists()
     assert "1 of 3 rounds" in card and "| hosp-a | 0.60 | 1e-05 |" in card and "| hosp-a |  | 40 | 9 | 0.500 |" in card
     assert ("Client-level DP (fixed-client" in card and "Secure aggregation (SecAgg+" in card) == site_level
+    # the release names its run (folder name and round, no server path); the run lists the release
+    assert rel.info["run"] == {"checkpoint": "ckpt", "round": 1} and str(tmp_path) not in json.dumps(rel.info["run"])
+    index = json.loads((tmp_path / "ckpt" / "releases.json").read_text())
+    assert [e["path"] for e in index] == [str(out.resolve())]
+    from server.dashboard.runs_view import RunSource, model_card, run_view
+
+    view = run_view(RunSource("ckpt", tmp_path / "ckpt", "deployment"))
+    assert view["release"]["model_card"] == "/runs/ckpt/model-card"
+    assert model_card(RunSource("ckpt", tmp_path / "ckpt", "deployment")) == card
 
 
 def test_export_release_refuses_another_catalog_or_an_empty_folder(tmp_path):
