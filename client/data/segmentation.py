@@ -90,7 +90,6 @@ class Segmentation:
         up = cv2.resize(work, ((wx1 - wx0) * k, (wy1 - wy0) * k), interpolation=cv2.INTER_NEAREST)
         return up[y0 - wy0 * k:y1 - wy0 * k, x0 - wx0 * k:x1 - wx0 * k]
 
-
     def mask_at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """uint8 mask values at input-image pixels ``rows`` x ``cols`` (a grid; 0 outside the image)."""
         h, w = self.shape

@@ -133,14 +133,14 @@ class StoredRegion(LazyImage):
         x0, y0, x1, y1 = box
         ox, oy = self.box[0], self.box[1]
         affine = self.image.affine if self.image.affine is not None and self.image.affine[0] != 0 else None
-        if affine is None:
-            def rows(r0: int, r1: int) -> np.ndarray:
-                return _padded(self.image, (ox + x0, oy + y0 + r0, ox + x1, oy + y0 + r1),
-                               lambda part: self.image.lut[part], 0.0)
-        else:
-            def rows(r0: int, r1: int) -> np.ndarray:
-                return _padded(self.image, (ox + x0, oy + y0 + r0, ox + x1, oy + y0 + r1),
-                               lambda part: part.astype(np.float32), -affine[1] / affine[0])
+        if affine is None:  # look up, outside is 0
+            convert, fill = (lambda part: self.image.lut[part]), 0.0
+        else:  # stored values, outside is the value the LUT maps to 0
+            convert, fill = (lambda part: part.astype(np.float32)), -affine[1] / affine[0]
+
+        def rows(r0: int, r1: int) -> np.ndarray:
+            return _padded(self.image, (ox + x0, oy + y0 + r0, ox + x1, oy + y0 + r1), convert, fill)
+
         side = y1 - y0
         if side == x1 - x0 and side % size == 0:  # an integer factor: block means, strip by strip
             small = _area_by_strips(rows, side, side, side // size)

@@ -65,7 +65,8 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def _state(src: RunSource) -> tuple[dict[str, Any] | None, float]:
     """(checkpoint state.json, its modification time)."""
-    path = src.folder / ("checkpoint" if src.kind == "simulation" else "") / "state.json"
+    folder = src.folder / "checkpoint" if src.kind == "simulation" else src.folder  # a deployed run's folder is its checkpoint
+    path = folder / "state.json"
     state = _read_json(path)
     return state, path.stat().st_mtime if state is not None else 0.0
 

@@ -114,7 +114,7 @@ def generated_images(opts: PretrainOptions, params: PreprocessParams) -> PublicI
     t0 = time.monotonic()
     catalog = Catalog.load(folder / "catalog.json")
     data = load_site(folder, catalog=catalog, params=params, cache_dir=folder / "cache", val_fraction=0.0,
-                     progress=opts.progress, workers=_workers())
+                     progress=opts.progress)
     timing["preprocess_s"] = round(time.monotonic() - t0, 1)
     table = read_design_parameters(folder)
     parameters = np.stack([table[c.id] for c in catalog])
@@ -140,18 +140,12 @@ def dataset_images(opts: PretrainOptions, params: PreprocessParams) -> PublicIma
     materialize(index, folder, {"public": list(range(len(index)))}, [], spec=f"pretrain {opts.source.split(':')[0]}",
                 overwrite=True)
     data = load_site(folder / "sites" / "public", catalog=index.catalog, params=params, cache_dir=folder / "cache",
-                     val_fraction=0.0, progress=opts.progress, workers=_workers())
+                     val_fraction=0.0, progress=opts.progress)
     kind = opts.source.split(":", 1)[0]
     source = {"kind": kind, "classes": len(index.catalog), "images": int(len(data.y)),
               "rejected_by_qc": int(sum(data.report.rejected.values()))}
     excludes = "whatever the public set does not hold; check that no consortium site's images are in it"
     return PublicImages(data.x, data.y, None, source, excludes, {"preprocess_s": round(time.monotonic() - t0, 1)})
-
-
-def _workers() -> int:
-    import os
-
-    return max(1, os.cpu_count() or 1)
 
 
 def pretrain(opts: PretrainOptions) -> EncoderCard:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from common.parallel import available_cores
 from simulations.pretrain.designs import PARAMETER_NAMES, design_vector
 from simulations.synth.acquisition import PROFILES, random_style
 from simulations.synth.catalog_spec import StemDesign, build_catalog
@@ -68,7 +68,7 @@ def write_public_set(out: Path, designs: Sequence[StemDesign], *, images_per_des
     (out / "masks").mkdir(exist_ok=True)
     build_catalog(tuple(designs)).save(out / "catalog.json")
     jobs = [(d, seed, j, k, str(out)) for j, d in enumerate(designs) for k in range(images_per_design)]
-    n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    n_workers = max(1, min(workers or available_cores(), len(jobs)))
     if n_workers == 1:
         results = []
         for job in jobs:
