@@ -29,6 +29,29 @@ if [ "$EXTRAS" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
   fi
 fi
 
+# gVirtualXray (rendering manufacturers' meshes) loads EGL/Mesa and a few X libraries at import.
+GVXR_DEBS="libxcb-res0 libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglx-mesa0 libxcb-ewmh2 libxcb-composite0 libxcb-xinerama0 libxcb-keysyms1 libxcb-icccm4"
+if command -v dpkg-query >/dev/null 2>&1; then
+  missing=""
+  for pkg in $GVXR_DEBS; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+  done
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+      echo "[setup] installing the libraries gVirtualXray needs:$missing"
+      # shellcheck disable=SC2086
+      if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >>/tmp/implantfl-apt.log 2>&1; then
+        apt-get update -q >>/tmp/implantfl-apt.log 2>&1 || true
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing >>/tmp/implantfl-apt.log 2>&1 \
+          || echo "[setup] could not install them (see /tmp/implantfl-apt.log): rendering meshes will say what is missing" >&2
+      fi
+    else
+      echo "[setup] rendering meshes (gVirtualXray) needs, as root: apt-get install$missing" >&2
+    fi
+  fi
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating virtual environment in $VENV"
   "$PY" -m venv "$VENV"

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.errors import ImplantFLError
-from simulations import pretrain_cli, privacy_plan_cli
+from common.errors import ConfigError, ImplantFLError
+from simulations import pretrain_cli, privacy_plan_cli, segmenter_training
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -89,7 +89,22 @@ def _options(args: argparse.Namespace, *, baseline: bool):  # noqa: ANN202
 def cmd_synth(args: argparse.Namespace) -> int:
     from simulations.synth import generate
 
-    info = generate(args.out, preset=args.preset, seed=args.seed, progress=not args.json)
+    if args.write_meshes is not None:
+        from simulations.synth.catalog_spec import DESIGNS
+        from simulations.synth.planning import preset_designs
+        from simulations.synth.presets import get_preset
+        from simulations.xray.runtime import check_mesh_tools
+        from simulations.xray.stem_mesh import write_design_meshes
+
+        check_mesh_tools()
+        designs = DESIGNS if args.preset == "hip-consortium" else preset_designs(get_preset(args.preset))
+        write_design_meshes(args.write_meshes, designs)
+        print(f"wrote {len(designs)} design meshes (STL, mm) and designs.csv to {args.write_meshes}")
+        if args.out is None:
+            return 0
+    if args.out is None:
+        raise ConfigError("synth needs --out (or --write-meshes DIR alone)")
+    info = generate(args.out, preset=args.preset, seed=args.seed, progress=not args.json, meshes=args.meshes)
     if args.json:
         print(json.dumps(info, indent=2))
     else:
@@ -163,10 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="implantfl-sim", description="Simulate an ImplantFL federation.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write a synthetic federation")
-    p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("synth", help="write a synthetic federation (drawn, or simulated from meshes)")
+    p.add_argument("--out", type=Path, help="the federation's folder")
     p.add_argument("--preset", default="hip-consortium")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--meshes", type=Path, metavar="DIR",
+                   help="the catalog is these meshes' designs (one STL/OBJ/PLY each, optional designs.csv); every "
+                        "image is simulated with gVirtualXray")
+    p.add_argument("--write-meshes", type=Path, metavar="DIR",
+                   help="write the preset's catalog designs as meshes (STL, mm) with a designs.csv")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -195,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     pretrain_cli.add_parser(sub)
+    segmenter_training.add_parser(sub)
     privacy_plan_cli.add_parser(sub)
     return parser
 

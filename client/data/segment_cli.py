@@ -22,7 +22,7 @@ import numpy as np
 
 from common.errors import ConfigError
 
-SEGMENTERS = ("threshold",)  # the learned U-Net segmenter is not in the product yet
+SEGMENTERS = ("threshold", "unet")
 
 
 def add_parsers(sub: Any) -> None:
@@ -33,7 +33,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("files", nargs="+", type=Path, metavar="FILE", help="DICOM, PNG, JPEG or TIFF radiographs")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the masks (created)")
     p.add_argument("--segmenter", choices=SEGMENTERS, default="threshold",
-                   help="threshold: the edge-level threshold segmenter of the pipeline (default)")
+                   help="threshold: the edge-level threshold segmenter of the pipeline (default); unet: a learned "
+                        "U-Net (--segmenter-model)")
+    p.add_argument("--segmenter-model", type=Path, metavar="DIR",
+                   help="with --segmenter unet: the folder implantfl-sim train-segmenter wrote")
     p.add_argument("--config", type=Path, help="site.toml: its [preprocess] settings (target pixel spacing)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per file")
     p.set_defaults(func=cmd_segment)
@@ -46,8 +49,15 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if dupes:
         raise ConfigError(f"two files would write the same mask ({', '.join(dupes[:3])}.mask.png): "
                           "segment them into different --out folders")
+    segment = None
+    if args.segmenter == "unet":
+        if args.segmenter_model is None:
+            raise ConfigError("--segmenter unet needs --segmenter-model DIR (implantfl-sim train-segmenter --out DIR)")
+        from client.data.learned_segmentation import LearnedSegmenter
+
+        segment = LearnedSegmenter(args.segmenter_model).segment
     args.out.mkdir(parents=True, exist_ok=True)
-    answers = [segment_file(f, args.out, params) for f in args.files]
+    answers = [segment_file(f, args.out, params, segment) for f in args.files]
     if args.json:
         print(json.dumps(answers, indent=2))
     else:
@@ -58,8 +68,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     return 0 if any(a["mask"] for a in answers) else 1
 
 
-def segment_file(path: Path, out: Path, params: Any) -> dict[str, Any]:
-    """Segment one file and write its mask; what was done, as a JSON-ready dict (never raises for a bad file)."""
+def segment_file(path: Path, out: Path, params: Any, segment: Any = None) -> dict[str, Any]:
+    """Segment one file and write its mask; what was done, as a JSON-ready dict (never raises for a bad file).
+
+    ``segment``: image -> Segmentation (default: the pipeline's threshold segmenter).
+    """
     from client.data.ingest import IngestError, read_image
     from client.data.qc import NO_IMPLANT, check_segmentation
     from client.data.segmentation import segment_implant
@@ -67,7 +80,7 @@ def segment_file(path: Path, out: Path, params: Any) -> dict[str, Any]:
     answer: dict[str, Any] = {"file": path.name, "mask": None, "qc": None, "box": None, "implant_fraction": 0.0}
     try:
         img = read_image(path, params)
-        seg = segment_implant(img.image)
+        seg = (segment or segment_implant)(img.image)
     except IngestError as e:
         answer["qc"] = e.reason
         return answer

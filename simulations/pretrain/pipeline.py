@@ -1,7 +1,7 @@
 """``implantfl-sim pretrain``: a public encoder from public data only, written with its card.
 
-Steps: get the public images (render random designs disjoint from the catalog, or open a
-public set as downloaded), preprocess them with the site pipeline (cached), build the
+Steps: get the public images (render random designs disjoint from the catalog, render the
+manufacturers' CAD meshes with an X-ray simulator, or open a public set as downloaded), preprocess them with the site pipeline (cached), build the
 encoder (train the ``implant-cnn`` backbone, or take a backbone that needs no training or
 ships its weights), fit the public projection on the public features, and write
 ``encoder.pt`` + ``encoder.json``. No consortium image is read at any step.
@@ -28,18 +28,18 @@ from common.preprocess_params import PreprocessParams
 logger = logging.getLogger(__name__)
 
 PUBLIC_SET_VERSION = 1  # bump when the public-set renderer changes its images
-SOURCES = ("generated", "folder", "csv", "kaggle-hip", "mura")
+SOURCES = ("generated", "meshes", "folder", "csv", "kaggle-hip", "mura")
 
 
 @dataclass(frozen=True)
 class PretrainOptions:
     out: Path  # where encoder.pt and encoder.json go
-    source: str = "generated"  # generated | folder:PATH | csv:PATH | kaggle-hip:PATH | mura:PATH
+    source: str = "generated"  # generated | meshes:DIR | folder:PATH | csv:PATH | kaggle-hip:PATH | mura:PATH
     arch: str = "implant-cnn"  # common.encoders.ARCHS
     weights: Path | None = None  # resnet*/densenet*: a state dict the site already has (ImageNet, RadImageNet)
     seed: int = 0
     designs: int = 300  # generated: public designs
-    images_per_design: int = 16  # generated: radiographs per design
+    images_per_design: int | None = None  # generated (default 16) and meshes (default 60): radiographs per design
     epochs: int = 15  # implant-cnn: training passes
     image_size: int = 64  # must equal the run's image-size
     dim: int = 128  # implant-cnn: embedding width
@@ -54,10 +54,21 @@ class PretrainOptions:
         if kind != "generated" and ":" not in self.source:
             raise ConfigError(f"--source {kind} needs a path: {kind}:PATH")
         for name in ("designs", "images_per_design", "epochs", "projection_dim", "dim"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
         if self.arch in ("resnet18", "resnet50", "densenet121") and self.weights is None:
             raise ConfigError(f"--arch {self.arch} needs --weights (a state dict file the consortium has)")
+
+
+    @property
+    def per_design(self) -> int:
+        """Radiographs per design: as given, else 16 (generated) or 60 (meshes: few designs, more views each)."""
+        if self.images_per_design is not None:
+            return self.images_per_design
+        return MESH_IMAGES_PER_DESIGN if self.source.startswith("meshes:") else 16
+
+
+MESH_IMAGES_PER_DESIGN = 60
 
 
 @dataclass
@@ -98,7 +109,7 @@ def generated_images(opts: PretrainOptions, params: PreprocessParams) -> PublicI
 
     timing: dict[str, float] = {}
     designs = random_designs(opts.designs, seed=opts.seed)
-    key = f"generated-v{PUBLIC_SET_VERSION}-s{opts.seed}-{opts.designs}x{opts.images_per_design}"
+    key = f"generated-v{PUBLIC_SET_VERSION}-s{opts.seed}-{opts.designs}x{opts.per_design}"
     folder = _cache_root(opts) / "public" / key
     t0 = time.monotonic()
     if not (folder / "public_set.json").exists():
@@ -107,8 +118,8 @@ def generated_images(opts: PretrainOptions, params: PreprocessParams) -> PublicI
             import shutil
 
             shutil.rmtree(tmp)
-        with _bar("rendering public designs", opts.designs * opts.images_per_design, opts.progress) as advance:
-            write_public_set(tmp, designs, images_per_design=opts.images_per_design, seed=opts.seed, advance=advance)
+        with _bar("rendering public designs", opts.designs * opts.per_design, opts.progress) as advance:
+            write_public_set(tmp, designs, images_per_design=opts.per_design, seed=opts.seed, advance=advance)
         tmp.rename(folder)
     timing["render_s"] = round(time.monotonic() - t0, 1)
     t0 = time.monotonic()
@@ -119,12 +130,50 @@ def generated_images(opts: PretrainOptions, params: PreprocessParams) -> PublicI
     table = read_design_parameters(folder)
     parameters = np.stack([table[c.id] for c in catalog])
     closest = min(nearest_excluded(d)[1] for d in designs)
-    source = {"kind": "generated", "designs": len(designs), "images_per_design": opts.images_per_design,
+    source = {"kind": "generated", "designs": len(designs), "images_per_design": opts.per_design,
               "images": int(len(data.y)), "rejected_by_qc": int(sum(data.report.rejected.values())), "seed": opts.seed,
               "min_distance_to_catalog": MIN_DISTANCE, "closest_design_distance": round(float(closest), 3)}
     excludes = (f"every design of the synthetic consortium catalog: each public design is at least {MIN_DISTANCE} "
                 f"(normalised design-parameter distance; the closest is {closest:.2f}) from every catalog design")
     return PublicImages(data.x, data.y, parameters, source, excludes, timing)
+
+
+def mesh_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages:
+    """Render every mesh of ``meshes:DIR`` with gVirtualXray (cached by the meshes' hashes) and preprocess."""
+    import shutil
+
+    from client.data.site_data import load_site
+    from common.catalog import Catalog
+    from simulations.xray.mesh_folder import folder_key, read_mesh_folder
+    from simulations.xray.render_sets import RENDER_VERSION, renderer_version, write_mesh_set
+    from simulations.xray.runtime import check_available
+
+    designs = read_mesh_folder(Path(opts.source.split(":", 1)[1]).expanduser())
+    timing: dict[str, float] = {}
+    key = f"meshes-v{RENDER_VERSION}-{folder_key(designs)}-s{opts.seed}-{opts.per_design}"
+    folder = _cache_root(opts) / "public" / key
+    t0 = time.monotonic()
+    if not (folder / "render_set.json").exists():
+        check_available()
+        tmp = folder.with_name(folder.name + ".partial")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        with _bar("rendering the meshes (gVirtualXray)", len(designs) * opts.per_design, opts.progress) as advance:
+            write_mesh_set(tmp, designs, images_per_design=opts.per_design, seed=opts.seed, advance=advance)
+        tmp.rename(folder)
+    timing["render_s"] = round(time.monotonic() - t0, 1)
+    t0 = time.monotonic()
+    data = load_site(folder, catalog=Catalog.load(folder / "catalog.json"), params=params, cache_dir=folder / "cache",
+                     val_fraction=0.0, progress=opts.progress)
+    timing["preprocess_s"] = round(time.monotonic() - t0, 1)
+    source = {"kind": "meshes", "designs": len(designs), "images_per_design": opts.per_design,
+              "images": int(len(data.y)), "rejected_by_qc": int(sum(data.report.rejected.values())), "seed": opts.seed,
+              "renderer": renderer_version(),
+              "meshes": [{"id": d.id, "file": d.path.name, "material": d.material, "manufacturer": d.manufacturer,
+                          "sha256": d.sha256} for d in designs]}
+    excludes = ("every consortium patient image: renders of the meshes (manufacturers' CAD) only; the designs "
+                "are the catalog's own, so the encoder knows their shapes, not any site's radiographs")
+    return PublicImages(data.x, data.y, None, source, excludes, timing)
 
 
 def dataset_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages:
@@ -155,7 +204,9 @@ def pretrain(opts: PretrainOptions) -> EncoderCard:
 
     t_start = time.monotonic()
     params = PreprocessParams(image_size=opts.image_size)
-    public = generated_images(opts, params) if opts.source == "generated" else dataset_images(opts, params)
+    kind = opts.source.split(":", 1)[0]
+    public = (generated_images(opts, params) if kind == "generated" else mesh_images(opts, params) if kind == "meshes"
+              else dataset_images(opts, params))
     if len(public.y) < 2 or len(np.unique(public.y)) < 2:
         raise ConfigError("the public source gave fewer than two usable images of two classes")
     config = BackboneConfig(arch=opts.arch, image_size=opts.image_size, dim=opts.dim)

@@ -7,7 +7,10 @@ Output layout (a contract read by the client pipeline, see docs/data-layout.md):
     OUT/test/         same layout; labels are catalog ids
 
 Every image is a pure function of (preset, seed, site, index), so a (preset, seed) gives
-byte-identical files.
+byte-identical files. With ``meshes`` (a folder of implant meshes, see
+:mod:`simulations.xray.mesh_folder`) the catalog is the meshes' designs and every image is
+simulated with gVirtualXray (:mod:`simulations.xray.scene`) instead of drawn: the same sites,
+label skew, file formats and test set, a second, more realistic generator.
 """
 
 from __future__ import annotations
@@ -44,7 +47,12 @@ def _write_image(root: Path, plan: SitePlan, design: StemDesign, *, preset: Synt
     """Render and write image ``k`` of a site and its mask; returns (file, annotation row)."""
     rng = np.random.default_rng([seed, site_no, k])
     style = plan.styles[k % len(plan.styles)]
-    out = render(design, style, rng, difficulty=preset.difficulty, crop_fraction=preset.crop_fraction)
+    if isinstance(design, StemDesign):
+        out = render(design, style, rng, difficulty=preset.difficulty, crop_fraction=preset.crop_fraction)
+    else:  # a mesh: simulated with gVirtualXray at the site's image size
+        from simulations.xray.federation_render import render_mesh_image
+
+        out, style = render_mesh_image(design, style, rng)
     kind = plan.export.formats[k % len(plan.export.formats)]
     stem = f"img_{k:05d}"
     if kind == "png":
@@ -85,7 +93,12 @@ def _write_images(jobs: list[tuple[Path, SitePlan, StemDesign, SynthPreset, int,
     from concurrent.futures import ProcessPoolExecutor
 
     out = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    context = None
+    if not all(isinstance(job[2], StemDesign) for job in jobs):  # meshes: fresh processes (OpenGL and fork hang)
+        from simulations.xray.render_sets import spawn_context
+
+        context = spawn_context()
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for res in pool.map(_write_job, jobs, chunksize=8):
             out.append(res)
             advance()
@@ -124,7 +137,7 @@ def _progress(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
 
 
 def generate(out_dir: Path, *, preset: str | SynthPreset = "hip-consortium", seed: int = 0,
-             progress: bool = False, workers: int | None = None) -> dict[str, Any]:
+             progress: bool = False, workers: int | None = None, meshes: Path | None = None) -> dict[str, Any]:
     """Write a synthetic federation to ``out_dir``.
 
     Parameters
@@ -142,6 +155,9 @@ def generate(out_dir: Path, *, preset: str | SynthPreset = "hip-consortium", see
     workers
         Processes rendering in parallel; None: every available core for 32 or more
         images. The files are byte-identical whatever the number.
+    meshes
+        A folder of implant meshes: the catalog is their designs, each image a gVirtualXray
+        simulation (manufacturer sites are the meshes' manufacturers).
 
     Returns
     -------
@@ -151,19 +167,27 @@ def generate(out_dir: Path, *, preset: str | SynthPreset = "hip-consortium", see
     Raises
     ------
     ConfigError
-        If the preset name is unknown.
+        If the preset name is unknown, or the meshes cannot be used.
     """
     spec = get_preset(preset) if isinstance(preset, str) else preset
     out_dir = Path(out_dir)
+    chosen: tuple[Any, ...] = preset_designs(spec)
+    extra: dict[str, Any] = {}
+    if meshes is not None:
+        from simulations.xray.federation_render import mesh_federation
+
+        spec, chosen, catalog, extra = mesh_federation(spec, Path(meshes))
+    else:
+        catalog = build_catalog(chosen)
     out_dir.mkdir(parents=True, exist_ok=True)
-    build_catalog(preset_designs(spec)).save(out_dir / "catalog.json")
-    plans = plan_sites(spec, seed)
+    catalog.save(out_dir / "catalog.json")
+    plans = plan_sites(spec, seed, chosen)
     total = sum(len(p.labels) for p in plans)
     info: dict[str, Any] = {"preset": spec.name, "seed": seed, "generator_version": GENERATOR_VERSION,
-                            "image_count": total, "sites": []}
+                            "image_count": total, **extra, "sites": []}
     logger.info("generating %d images for %d sites (preset %s, seed %d)", total, len(plans) - 1, spec.name, seed)
     folders = [out_dir / "test" if plan.kind == "test" else out_dir / "sites" / plan.name for plan in plans]
-    designs = {d.id: d for d in preset_designs(spec)}
+    designs = {d.id: d for d in chosen}
     jobs = []
     for n, (plan, folder) in enumerate(zip(plans, folders, strict=True)):
         (folder / "images").mkdir(parents=True, exist_ok=True)

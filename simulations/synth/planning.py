@@ -56,7 +56,7 @@ def local_name(d: StemDesign, kind: str, index: int) -> str:
         return d.id
     if index % 2 == 0:
         return f"{d.manufacturer} {d.model}"
-    return f"{d.manufacturer[:3].upper()}-{d.id.split('-', 1)[1].upper()}"  # stock code, e.g. AUR-A1C
+    return f"{d.manufacturer[:3].upper()}-{d.id.split('-', 1)[-1].upper()}"  # stock code, e.g. AUR-A1C
 
 
 def preset_designs(preset: SynthPreset) -> tuple[StemDesign, ...]:
@@ -64,7 +64,7 @@ def preset_designs(preset: SynthPreset) -> tuple[StemDesign, ...]:
     return tuple(d for d in DESIGNS if preset.classes is None or d.id in preset.classes)
 
 
-def plan_sites(preset: SynthPreset, seed: int) -> list[SitePlan]:
+def plan_sites(preset: SynthPreset, seed: int, designs: tuple | None = None) -> list[SitePlan]:
     """Plan every site of ``preset`` and, last, the test set; deterministic for ``seed``.
 
     Parameters
@@ -73,13 +73,16 @@ def plan_sites(preset: SynthPreset, seed: int) -> list[SitePlan]:
         The federation to plan.
     seed
         Generation seed.
+    designs
+        The catalog's designs (anything with ``id``, ``manufacturer`` and ``model``, e.g.
+        meshes); default: the preset's designs of the synthetic catalog.
 
     Returns
     -------
     list[SitePlan]
         Manufacturer sites, hospital sites, then the test set.
     """
-    designs = preset_designs(preset)
+    designs = preset_designs(preset) if designs is None else designs
     ids = [d.id for d in designs]
     rng = np.random.default_rng([seed, 7919])
     profiles = [str(p) for p in rng.permutation(list(PROFILES))]
