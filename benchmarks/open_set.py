@@ -11,9 +11,12 @@ a fresh run of the ``hip-consortium`` preset) is shown two sets of radiographs:
   the site pipeline; the share flagged ``unknown``: goal >= 90%.
 
 The flag is the release's own (``calibration.json``: the calibrated-probability threshold
-and the feature-space threshold, both fitted on validation images only). Also written: the
-ROC of each unknown score (the feature-space similarity, the calibrated top probability)
-for known vs unseen images, as ``open_set.png``.
+and the feature-space threshold on its ``feature_metric``, both fitted on validation images
+only; :mod:`common.open_set`). Also written: the ROC of each unknown score (the release's
+feature score, the cosine to the nearest class direction that releases before the distance
+to the class rays used, the calibrated top probability) for known vs unseen images, as
+``open_set.png``; ``feature_score_auc`` is the release's feature score's, ``cosine_auc``
+the cosine's.
 """
 
 from __future__ import annotations
@@ -52,19 +55,27 @@ def _unseen_designs(n: int, seed: int) -> list[Any]:
     return random_designs(n, seed=seed, exclude=[*DESIGNS, *pretraining])
 
 
-def _scores(release: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated probabilities (N, C), feature scores (N,)) of preprocessed images."""
+def _scores(release: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(calibrated probabilities (N, C), the release's feature scores (N,), cosine scores (N,)) of preprocessed images."""
     import torch
 
-    from common.open_set import class_directions, feature_score
+    from common.open_set import COSINE, head_directions, projected_features, score
 
     model = release.model.eval()
+    r = projected_features(model.encoder, x)
+    f = r / np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-12)
     with torch.no_grad():
-        t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-        f = torch.cat([model.encoder(t[i:i + 256]) for i in range(0, len(t), 256)])
-        logits = model.head(f)
-    directions = class_directions(model.head.weight.detach().numpy())
-    return release.calibration.probabilities(logits), feature_score(f.numpy(), directions)
+        logits = model.head(torch.from_numpy(f.astype(np.float32)))
+    directions = head_directions(model)
+    return (release.calibration.probabilities(logits), score(r, directions, release.calibration.feature_metric),
+            score(r, directions, COSINE))
+
+
+def _known_side(scores: np.ndarray, metric: str) -> np.ndarray:
+    """A feature score turned so that higher means nearer the catalog (a distance negated)."""
+    from common.open_set import RAY_DISTANCE
+
+    return -scores if metric == RAY_DISTANCE else scores
 
 
 def run(quick: bool, release_dir: Path | None = None) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
@@ -82,7 +93,7 @@ def run(quick: bool, release_dir: Path | None = None) -> tuple[dict[str, float],
 
     fed = Federation.open(ensure_synthetic("hip-consortium", 0))
     test = load_site(fed.test_dir, catalog=fed.catalog, params=release.preprocess, val_fraction=0.0)
-    probs, feats = _scores(release, test.x)
+    probs, feats, cos = _scores(release, test.x)
     correct = probs.argmax(1) == test.y
     known_unknown = release.calibration.is_unknown(probs, feats)
     # unseen: designs outside the catalog and the pretraining set
@@ -91,8 +102,9 @@ def run(quick: bool, release_dir: Path | None = None) -> tuple[dict[str, float],
         folder = write_public_set(Path(tmp) / "unseen", designs, images_per_design=6 if quick else 15, seed=4242)
         unseen = load_site(folder, catalog=Catalog.load(folder / "catalog.json"), params=release.preprocess,
                            val_fraction=0.0)
-    u_probs, u_feats = _scores(release, unseen.x)
+    u_probs, u_feats, u_cos = _scores(release, unseen.x)
     unseen_unknown = release.calibration.is_unknown(u_probs, u_feats)
+    metric = release.calibration.feature_metric
     figures = {
         "known_correct_passed_share": round(float((~known_unknown[correct]).mean()), 4),
         "unseen_flagged_unknown_share": round(float(unseen_unknown.mean()), 4),
@@ -100,14 +112,16 @@ def run(quick: bool, release_dir: Path | None = None) -> tuple[dict[str, float],
         "known_flagged_share": round(float(known_unknown.mean()), 4),
         "unseen_images": int(len(unseen.y)),
         "known_images": int(len(test.y)),
-        "feature_score_auc": round(_auc(feats, u_feats), 4),
+        "feature_score_auc": round(_auc(_known_side(feats, metric), _known_side(u_feats, metric)), 4),
+        "cosine_auc": round(_auc(cos, u_cos), 4),
         "probability_auc": round(_auc(probs.max(1), u_probs.max(1)), 4),
     }
     units = {k: ("share" if k.endswith("share") or k.endswith("accuracy") else "images" if k.endswith("images")
                  else "AUC") for k in figures}
-    _plot(feats, u_feats, probs.max(1), u_probs.max(1), release.calibration)
+    _plot((feats, u_feats), (cos, u_cos), (probs.max(1), u_probs.max(1)), release.calibration,
+          (known_unknown.mean(), unseen_unknown.mean()))
     return figures, units, {"release": str(release_path), "unseen_designs": len(designs),
-                            "feature_threshold": release.calibration.feature_threshold,
+                            "feature_metric": metric, "feature_threshold": release.calibration.feature_threshold,
                             "probability_threshold": release.calibration.unknown_threshold}
 
 
@@ -119,21 +133,27 @@ def _auc(known: np.ndarray, unseen: np.ndarray) -> float:
     return float(roc_auc_score(y, -np.r_[known, unseen]))
 
 
-def _plot(kf: np.ndarray, uf: np.ndarray, kp: np.ndarray, up: np.ndarray, cal: Any) -> Path:
+def _plot(feature: tuple[np.ndarray, np.ndarray], cosine: tuple[np.ndarray, np.ndarray],
+          probability: tuple[np.ndarray, np.ndarray], cal: Any, flagged: tuple[float, float]) -> Path:
+    """ROC of each score (known, unseen) and the release's own flag (share of known, of unseen flagged)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.metrics import roc_curve
 
+    from common.open_set import COSINE
+
+    curves = [(f"feature score: {cal.feature_metric}", *(_known_side(s, cal.feature_metric) for s in feature))]
+    if cal.feature_metric != COSINE:
+        curves.append(("cosine to the nearest class (earlier releases)", *cosine))
+    curves.append(("calibrated top probability", *probability))
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for name, k, u in (("feature similarity", kf, uf), ("calibrated top probability", kp, up)):
+    for name, k, u in curves:
         y = np.r_[np.zeros(len(k)), np.ones(len(u))]
         fpr, tpr, _ = roc_curve(y, -np.r_[k, u])
         ax.plot(fpr, tpr, label=f"{name} (AUC {_auc(k, u):.3f})")
-    flagged_known = float(cal.is_unknown(np.c_[kp, 1 - kp], kf).mean())
-    flagged_unseen = float(cal.is_unknown(np.c_[up, 1 - up], uf).mean())
-    ax.scatter([flagged_known], [flagged_unseen], color="black", zorder=3, label="the release's flag")
+    ax.scatter([float(flagged[0])], [float(flagged[1])], color="black", zorder=3, label="the release's flag")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="known test images flagged unknown", ylabel="unseen-design images flagged unknown",
            title="Unknown implants: ROC of the release's scores")

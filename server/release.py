@@ -32,6 +32,7 @@ from common.calibration import Calibration, save_calibration
 from common.catalog import Catalog
 from common.config import RunConfig
 from common.errors import ConfigError
+from common.open_set import RAY_DISTANCE
 from common.preprocess_params import PreprocessParams
 from common.privacy_plan import noise_statement
 from common.release_files import ENCODER_MODEL, Release, image_model, load_release
@@ -123,8 +124,9 @@ operative records or implant stickers before ordering parts.
 ## Limits
 - Not a diagnostic device, and not validated for any decision without that confirmation.
 - Names only the catalog's classes below: an implant outside the catalog cannot be named and
-  is, at best, reported as `unknown` (calibrated top probability below the threshold, or the
-  image rejected by the quality gate). `unknown` is a screen, not a guarantee.
+  is, at best, reported as `unknown` (on a public encoder, its features too far from every
+  catalog class; otherwise, calibrated top probability below the threshold; or the image
+  rejected by the quality gate). `unknown` is a screen, not a guarantee.
 - Where the metrics below come from is stated with them; a hospital whose scanners, views
   or patient mix differ should check the model on its own images (`implantfl-client
   calibrate` refits the confidence on a site's validation split).
@@ -189,7 +191,11 @@ def _gate_line(gate: Mapping[str, Any]) -> str:
 def _calibration_line(cal: Calibration) -> str:
     if cal.fitted_on == 0:
         return "- calibration: none (temperature 1, no `unknown` threshold)"
-    if cal.feature_threshold > -1:
+    if cal.uses_features and cal.feature_metric == RAY_DISTANCE:
+        flag = (f"`unknown` when its encoder features' distance to the nearest catalog class (to the class's ray "
+                f"in the encoder's public whitened space) is above {cal.feature_threshold:.3f} (a design the "
+                "catalog does not hold)")
+    elif cal.uses_features:
         flag = (f"`unknown` when its encoder features' similarity to the nearest catalog class is below "
                 f"{cal.feature_threshold:.3f} (a design the catalog does not hold)")
     else:

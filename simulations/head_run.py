@@ -4,7 +4,9 @@ The encoder is ``--encoder DIR`` or the default one (pretrained once on generate
 designs and cached). Every site's features are computed here once, into the same per-site
 feature cache the simulated ClientApps read, so no round runs the encoder again. The
 global head is evaluated on the test set's features; calibration is fitted on the sites'
-validation features, exactly as on their images through the encoder.
+validation features, exactly as on their images through the encoder (the ``unknown``
+distance on the validation images' projected features before the unit norm, computed here
+from the images: the feature cache holds unit-norm features only).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ class HeadData:
     train: dict[str, tuple[np.ndarray, np.ndarray]]  # site -> (features, labels)
     val: dict[str, tuple[np.ndarray, np.ndarray]]
     test: tuple[np.ndarray, np.ndarray]
+    val_projected: dict[str, np.ndarray] = field(default_factory=dict)  # site -> validation features before unit norm
 
 
 def resolve_encoder(cfg: RunConfig, encoder_dir: Path | None, *, progress: bool, timing: dict[str, float]
@@ -70,14 +73,15 @@ def head_data(cfg: RunConfig, encoder_dir: Path, data: Mapping[str, Any], test: 
     t0 = time.monotonic()
     encoder = load_encoder(encoder_dir, expected_sha256=cfg.encoder)
     device = pick_device()
-    train, val = {}, {}
+    train, val, val_projected = {}, {}, {}
     for name, d in data.items():
         f = site_features(d, encoder, params=params, cache_dir=cache_dir / name, device=device).f
         train[name] = (f[~d.is_val], d.y[~d.is_val])
         val[name] = (f[d.is_val], d.y[d.is_val])
+        val_projected[name] = encoder.encode(d.x[d.is_val], device=device, projected=True)
     ft = site_features(test, encoder, params=params, cache_dir=cache_dir / "_test", device=device).f
     timing["features_s"] = round(time.monotonic() - t0, 1)
-    return HeadData(encoder, Path(encoder_dir), train, val, (ft, test.y))
+    return HeadData(encoder, Path(encoder_dir), train, val, (ft, test.y), val_projected)
 
 
 def global_head(cfg: RunConfig, dim: int, num_classes: int, arrays: Any) -> Any:
@@ -104,7 +108,8 @@ def calibrate(cfg: RunConfig, hd: HeadData, num_classes: int, arrays: Any) -> An
 
     head = global_head(cfg, hd.encoder.dim, num_classes, arrays)
     directions = class_directions(head.weight.detach().numpy()) if cfg.head != "mlp" else None
-    return fit_from_splits(head, list(hd.val.values()), directions=directions)
+    projected = [hd.val_projected[name] for name in hd.val] if directions is not None else None
+    return fit_from_splits(head, list(hd.val.values()), directions=directions, projected=projected)
 
 
 def baselines(cfg: RunConfig, hd: HeadData, class_ids: list[str], images: Mapping[str, Any], test_images: Any,

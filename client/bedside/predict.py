@@ -11,9 +11,11 @@ An answer is flagged ``unknown`` when the image is out of the model's distributi
   file is a colour picture (a predict-only check: radiographs are grey); no class is
   named then, as the model never saw such images in training; or
 - the calibrated top probability is below the release's ``unknown_threshold``, or (a
-  release on a public encoder) the image's features are further from every class
-  direction than the release's ``feature_threshold`` (:mod:`common.open_set`): an implant
-  design the catalog does not hold.
+  release on a public encoder) the image's features are further from every catalog class
+  than the release's ``feature_threshold`` allows (:mod:`common.open_set`: the distance to
+  the nearest class ray in the encoder's projected space, or, for a release calibrated
+  before it, the cosine to the nearest class direction): an implant design the catalog
+  does not hold.
 
 With ``set_level`` an answer also carries the smallest candidate set that holds the true
 implant with that probability (split conformal, :mod:`common.conformal`), the
@@ -52,6 +54,7 @@ from client.data.qc import (
 from client.data.site_data import process_file
 from client.data.transforms import CropROI, Sample, build_eval_pipeline
 from common.errors import InvalidInputError
+from common.open_set import RAY_DISTANCE
 from common.redact import file_token
 from common.release_files import Release, load_release
 
@@ -60,7 +63,7 @@ logger = logging.getLogger(__name__)
 COLOUR_PICTURE = "colour-picture"  # predict-only check: a colour photograph or drawing
 OOD_REASONS = (NO_IMPLANT, FOREIGN_OBJECT, BLANK, COLOUR_PICTURE)  # reported as ``unknown``, not errors
 LOW_CONFIDENCE = "low-confidence"
-FAR_FROM_CATALOG = "far-from-catalog"  # the features point away from every catalog class
+FAR_FROM_CATALOG = "far-from-catalog"  # the features lie far from every catalog class (common.open_set)
 
 
 class UnfitReleaseError(InvalidInputError):
@@ -123,12 +126,9 @@ class Predictor:
                                         "predict refuses it (--allow-unfit answers anyway, with a warning)")
         self.device = torch.device(device)
         self.model = self.release.model.to(self.device).eval()
-        head = getattr(self.model, "head", None)
-        self.directions = None
-        if getattr(self.model, "encoder", None) is not None and isinstance(head, torch.nn.Linear):
-            from common.open_set import class_directions
+        from common.open_set import head_directions
 
-            self.directions = class_directions(head.weight.detach().cpu().numpy())
+        self.directions = head_directions(self.model)
         self.params = self.release.preprocess
         self.pipeline = build_eval_pipeline(self.params)
         self._crop = CropROI(self.params.roi_margin)
@@ -165,15 +165,15 @@ class Predictor:
         return self.release.calibration.probabilities(logits)[0]
 
     def feature_score(self, image: np.ndarray) -> float | None:
-        """Similarity of the image's encoder features to the nearest class direction (None without an encoder)."""
+        """The release's feature score of one preprocessed image (None without an encoder): the distance of its
+        projected features to the nearest class ray, or the cosine to the nearest class direction
+        (``calibration.json``'s ``feature_metric``; :mod:`common.open_set`)."""
         if self.directions is None:
             return None
-        from common.open_set import feature_score
+        from common.open_set import projected_features, score
 
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
-        with torch.no_grad():
-            f = self.model.encoder(x).cpu().numpy()
-        return float(feature_score(f, self.directions)[0])
+        r = projected_features(self.model.encoder, np.asarray(image, np.float32)[None, None])
+        return float(score(r, self.directions, self.release.calibration.feature_metric)[0])
 
     def candidates(self, probs: np.ndarray, level: str) -> dict[str, Any]:
         """The conformal candidate set at ``level`` (one of the release's levels)."""
@@ -214,10 +214,12 @@ class Predictor:
         threshold = cal.unknown_threshold
         answer = Prediction(shown, top_k=self.top_k(probs, top_k), warning=self.warning)
         score = self.feature_score(prep.image)
-        if score is not None and cal.feature_threshold > -1 and score < cal.feature_threshold:
+        if score is not None and bool(cal.far_from_catalog(np.array([score]))[0]):
             answer.unknown, answer.reason = True, FAR_FROM_CATALOG
-            answer.detail = (f"its features are far from every implant in the catalog (similarity {score:.3f} < "
-                             f"{cal.feature_threshold:.3f}): most likely a design the catalog does not hold")
+            measured = (f"distance {score:.3f} > {cal.feature_threshold:.3f}" if cal.feature_metric == RAY_DISTANCE
+                        else f"similarity {score:.3f} < {cal.feature_threshold:.3f}")
+            answer.detail = (f"its features are far from every implant in the catalog ({measured}): most likely a "
+                             "design the catalog does not hold")
         elif best < threshold:
             answer.unknown, answer.reason = True, LOW_CONFIDENCE
             answer.detail = (f"top probability {best:.3f} is below the release's unknown threshold {threshold:.3f}: "

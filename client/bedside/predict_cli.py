@@ -42,7 +42,8 @@ def add_parsers(sub: Any) -> None:
     c.add_argument("--cache", type=Path, help="preprocessing cache folder (default: none)")
     c.add_argument("--val-fraction", type=float, default=0.2, help="validation share, as in training (default 0.2)")
     c.add_argument("--quantile", type=float, default=0.05,
-                   help="share of correctly classified validation images that may be flagged unknown (default 0.05)")
+                   help="share of correctly classified validation images that may be flagged unknown (default 0.05; "
+                        "a release on a public encoder flags by feature distance instead, a fixed 2.5%%)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_calibrate)
 
@@ -135,18 +136,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"the site has {len(y_val)} validation image(s) and calibration needs at least {MIN_IMAGES}; "
                           "raise --val-fraction (use the fraction training used, so no training image is reused)")
     logits = predict_logits(release.model, x_val)
-    cal = fit_calibration(logits, y_val, quantile=args.quantile)
+    # a release on a public encoder: the unknown flag in feature space, as the researcher's calibration fits it
+    from common.open_set import RAY_DISTANCE, head_directions, projected_features, ray_distance
+
+    directions = head_directions(release.model)
+    scores = ray_distance(projected_features(release.model.encoder, x_val), directions) \
+        if directions is not None else None
+    cal = fit_calibration(logits, y_val, quantile=args.quantile, feature_scores=scores, feature_metric=RAY_DISTANCE)
     save_calibration(args.model, cal)
     before = release.calibration.probabilities(logits)
     after = cal.probabilities(logits)
     out = {**cal.to_dict(), "ece_before": expected_calibration_error(y_val, before),
            "ece_after": expected_calibration_error(y_val, after),
            "val_accuracy": float((after.argmax(1) == y_val).mean()),
-           "flagged_unknown": float(cal.is_unknown(after).mean())}
+           "flagged_unknown": float(cal.is_unknown(after, scores).mean())}
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"calibration written: temperature {cal.temperature:.3f}, unknown below {cal.unknown_threshold:.3f} "
+        flag = (f"unknown beyond feature distance {cal.feature_threshold:.3f}" if cal.uses_features
+                else f"unknown below {cal.unknown_threshold:.3f}")
+        print(f"calibration written: temperature {cal.temperature:.3f}, {flag} "
               f"(fitted on {cal.fitted_on} validation images; ECE {out['ece_before']:.3f} -> {out['ece_after']:.3f}; "
               f"{100 * out['flagged_unknown']:.1f}% of them would be flagged unknown)")
     return 0

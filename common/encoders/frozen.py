@@ -83,8 +83,12 @@ class FrozenEncoder(nn.Module):
         """Backbone features before standardisation."""
         return self.backbone(x)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features centred and projected with the public statistics, before the unit norm."""
+        return (self.backbone(x) - self.feature_mean) @ self.projection
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = (self.backbone(x) - self.feature_mean) @ self.projection
+        f = self.project(x)
         return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def set_projection(self, mean: np.ndarray, projection: np.ndarray) -> None:
@@ -98,14 +102,19 @@ class FrozenEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, x: np.ndarray, *, device: torch.device | None = None, batch_size: int = 256,
-               raw: bool = False) -> np.ndarray:
-        """Features of images ``x`` (N, 1, S, S) float32 in [0, 1] -> float32 (N, dim)."""
+               raw: bool = False, projected: bool = False) -> np.ndarray:
+        """Features of images ``x`` (N, 1, S, S) float32 in [0, 1] -> float32 (N, dim).
+
+        ``raw``: the backbone's features (N, raw_dim); ``projected``: centred and projected,
+        not scaled to unit norm (:meth:`project`).
+        """
         device = device or torch.device("cpu")
         self.to(device)
-        out = [np.zeros((0, self.dim), np.float32)]
+        step = self.raw if raw else self.project if projected else self
+        out = [np.zeros((0, self.raw_dim if raw else self.dim), np.float32)]
         for i in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], np.float32)).to(device)
-            out.append((self.raw(xb) if raw else self(xb)).float().cpu().numpy())
+            out.append(step(xb).float().cpu().numpy())
         return np.concatenate(out)
 
 

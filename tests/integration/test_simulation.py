@@ -146,6 +146,16 @@ def test_the_release_on_test_images_scores_what_the_run_reported(smoke_run):
     assert float((predicted == test.y).mean()) == pytest.approx(results["final"]["accuracy"], abs=1e-9)
 
 
+def test_the_release_flags_unknown_by_the_distance_to_the_class_rays(smoke_run):
+    # calibrated as common.open_set describes: on the validation images' projected features, above the threshold
+    from common.release_files import load_release
+
+    out, _ = smoke_run
+    cal = load_release(out / "release").calibration
+    assert cal.feature_metric == "ray-distance" and cal.feature_threshold > 0 and cal.unknown_threshold == 0.0
+    assert cal.method.startswith("temperature-lbfgs+ray-distance") and cal.fitted_on >= 20
+
+
 def test_two_dp_runs_with_the_same_config_end_with_different_weights(smoke_run, smoke_run_again):
     # The sites' DP noise comes from their own OS entropy: the server's config does not fix it
     a, b = _weights(smoke_run[0]), _weights(smoke_run_again[0])

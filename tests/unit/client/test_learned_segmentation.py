@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 from client.cli import main
-from client.data.learned_segmentation import WEIGHTS, LearnedSegmenter, network_input, save_segmenter
+from client.data.learned_segmentation import (
+    WEIGHTS,
+    LearnedSegmenter,
+    network_input,
+    save_segmenter,
+)
 from common.errors import ConfigError
 from tests.unit.client.conftest import draw_radiograph, write_png
 

@@ -20,6 +20,7 @@ from flwr.app import ArrayRecord
 from client.bedside.gradcam import cam_target, grad_cam, peak
 from client.bedside.predict import (
     COLOUR_PICTURE,
+    FAR_FROM_CATALOG,
     LOW_CONFIDENCE,
     Predictor,
     cam_names,
@@ -99,6 +100,50 @@ def release(fed, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def predictor(release) -> Predictor:
     return Predictor(release)
+
+
+@pytest.fixture(scope="module")
+def encoder_release(fed, tmp_path_factory) -> Path:
+    """A release on a (tiny, untrained) public encoder with the cosine head solved from exact class sums,
+    calibrated on the pooled validation splits as a run with a head calibrates it."""
+    from common.dp_stats import feature_stats, solve_head
+    from common.encoders import BackboneConfig, EncoderCard, FrozenEncoder, save_encoder
+    from common.encoders.frozen import fit_projection
+    from common.open_set import class_directions
+    from server.release import write_release
+
+    catalog = Catalog.load(fed / "catalog.json")
+    params = PreprocessParams(image_size=SIZE)
+    sites = [load_site(d, catalog=catalog, params=params, val_fraction=0.3) for d in sorted((fed / "sites").iterdir())]
+    torch.manual_seed(0)
+    encoder = FrozenEncoder(BackboneConfig(image_size=SIZE, dim=16, channels=(8, 8, 8, 8)))
+    mean, projection, _ = fit_projection(encoder.encode(np.concatenate([s.x for s in sites]), raw=True), None)
+    encoder.set_projection(mean, projection)
+    folder = tmp_path_factory.mktemp("encoder")
+    sha = save_encoder(encoder, folder, EncoderCard(arch="implant-cnn", dim=encoder.dim, sha256="",
+                                                    source={"kind": "test"}, excludes="nothing", preprocess={},
+                                                    config={})).sha256
+    x, y = np.concatenate([s.train()[0] for s in sites]), np.concatenate([s.train()[1] for s in sites])
+    weight, bias = solve_head(feature_stats(encoder.encode(x), y, len(catalog)), solver="cosine")
+    head = torch.nn.Linear(encoder.dim, len(catalog))
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    val = [s.val() for s in sites]
+    cal = fit_from_splits(head, [(encoder.encode(xv), yv) for xv, yv in val],
+                          directions=class_directions(weight), projected=[encoder.encode(xv, projected=True)
+                                                                          for xv, _ in val])
+    from client.training.train import evaluate
+    from common.metrics import classification_summary
+
+    test = load_site(fed / "test", catalog=catalog, params=params, val_fraction=0.0)
+    res = evaluate(head, encoder.encode(test.x), test.y, device=torch.device("cpu"))
+    summary = {"final": classification_summary(res.labels, res.probs, catalog.ids)}
+    out = tmp_path_factory.mktemp("encoder-release") / "release"
+    return write_release(out, arrays=ArrayRecord(head.state_dict()), summary=summary,
+                         config=RunConfig(head="dp-stats", num_server_rounds=1, encoder=sha, image_size=SIZE,
+                                          release_min_accuracy=0.0),
+                         catalog=catalog, preprocess=params, calibration=cal, onnx=False, encoder_dir=folder)
 
 
 @pytest.fixture(scope="module")
@@ -237,6 +282,47 @@ def test_unknown_threshold_decides_for_clean_images(release, clean_image, tmp_pa
     assert (answer.reason == LOW_CONFIDENCE) is flagged
 
 
+def test_an_encoder_release_flags_an_image_by_its_distance_to_the_class_rays(encoder_release, clean_image, tmp_path):
+    # Prepare: the release's own score of a clean catalog image, and copies with thresholds either side of it
+    import dataclasses
+    import shutil
+
+    from common.open_set import RAY_DISTANCE, head_directions, projected_features, ray_distance
+
+    pred = Predictor(encoder_release)
+    cal = pred.release.calibration
+    image = pred.prepare(clean_image).image
+    score = pred.feature_score(image)
+    answers = {}
+    for name, threshold in (("far", score - 1e-3), ("near", score + 1e-3)):
+        copy = shutil.copytree(encoder_release, tmp_path / name)
+        save_calibration(copy, dataclasses.replace(cal, feature_threshold=threshold))
+        answers[name] = Predictor(copy).predict_file(clean_image)
+    # Assert: the score is the distance of the image's projected features to the nearest class ray, and the
+    # release flags it above its threshold (fitted as a run fits it: the high quantile on validation images)
+    expected = ray_distance(projected_features(pred.model.encoder, image[None, None]), head_directions(pred.model))
+    assert cal.feature_metric == RAY_DISTANCE and cal.method.startswith("temperature-lbfgs+ray-distance")
+    assert score == pytest.approx(float(expected[0])) and cal.feature_threshold > 0
+    assert answers["far"].unknown and answers["far"].reason == FAR_FROM_CATALOG
+    assert "distance" in answers["far"].detail and not answers["near"].unknown
+
+
+def test_an_encoder_release_calibrated_on_the_cosine_keeps_it(encoder_release, clean_image, tmp_path):
+    # Prepare: calibration.json as releases before the ray distance wrote it (no feature_metric)
+    import shutil
+
+    copy = shutil.copytree(encoder_release, tmp_path / "rel")
+    old = {"temperature": 1.0, "unknown_threshold": 0.0, "fitted_on": 50, "method": "temperature-lbfgs+features-q0.025",
+           "feature_threshold": 1.0}  # no cosine reaches 1 on a real image: every image below it
+    (copy / "calibration.json").write_text(json.dumps(old))
+    # Execute
+    pred = Predictor(copy)
+    answer = pred.predict_file(clean_image)
+    # Assert: the score is the cosine to the nearest class direction, unknown below the threshold
+    assert -1.0 <= pred.feature_score(pred.prepare(clean_image).image) < 1.0
+    assert answer.unknown and answer.reason == FAR_FROM_CATALOG and "similarity" in answer.detail
+
+
 # ---------------------------------------------------------------------- Grad-CAM
 def _implant_mask_in_model_input(predictor: Predictor, fed: Path, item: dict) -> np.ndarray:
     """The annotated implant mask carried through the same ROI crop and resize as the image."""
@@ -313,6 +399,18 @@ def test_calibrate_writes_the_sites_calibration_into_the_release(release, fed, t
                           cache_dir=tmp_path / "cache", val_fraction=0.8).is_val.sum())
     assert code == 0 and cal["fitted_on"] == out["fitted_on"] == n_val >= 20
     assert cal["temperature"] > 0 and 0 <= cal["unknown_threshold"] <= 1 and cal["method"].startswith("temperature")
+
+
+def test_calibrate_fits_an_encoder_release_s_feature_threshold(encoder_release, fed, tmp_path, capsys):
+    import shutil
+
+    copy = shutil.copytree(encoder_release, tmp_path / "rel")
+    code = _cli(["calibrate", "--model", str(copy), "--data", str(fed / "sites" / "mfr-auralis"), "--val-fraction", "0.8",
+                 "--json"])
+    out = json.loads(capsys.readouterr().out)
+    cal = json.loads((copy / "calibration.json").read_text())
+    assert code == 0 and cal["feature_metric"] == "ray-distance" and cal["feature_threshold"] > 0
+    assert cal["unknown_threshold"] == 0.0 and 0.0 < out["flagged_unknown"] < 0.2
 
 
 def test_calibrate_refuses_a_split_too_small_to_fit(release, fed, tmp_path):

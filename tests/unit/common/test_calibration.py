@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from common.calibration import (
+    FEATURE_QUANTILE,
     Calibration,
     fit_calibration,
     fit_from_splits,
@@ -16,6 +17,7 @@ from common.calibration import (
     unknown_threshold,
 )
 from common.errors import InvalidInputError
+from common.open_set import COSINE, RAY_DISTANCE, class_directions, ray_distance
 
 
 def _overconfident(n: int, true_t: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,10 +94,12 @@ def test_too_few_validation_images_give_the_identity_in_a_simulation_and_an_erro
 
 def test_calibration_json_round_trips_and_missing_means_identity(tmp_path):
     cal = Calibration(temperature=1.7, unknown_threshold=0.42, fitted_on=30, method="temperature-lbfgs+q0.05-correct",
-                      feature_threshold=0.31, conformal={"0.9": 0.12}, conformal_coverage={"0.9": 0.93})
+                      feature_threshold=4.31, feature_metric=RAY_DISTANCE, conformal={"0.9": 0.12},
+                      conformal_coverage={"0.9": 0.93})
     save_calibration(tmp_path, cal)
     assert set(json.loads((tmp_path / "calibration.json").read_text())) == {
-        "temperature", "unknown_threshold", "fitted_on", "method", "feature_threshold", "conformal", "conformal_coverage"}
+        "temperature", "unknown_threshold", "fitted_on", "method", "feature_threshold", "feature_metric", "conformal",
+        "conformal_coverage"}
     assert load_calibration(tmp_path) == cal
     assert load_calibration(tmp_path / "nowhere") == Calibration(temperature=1.0, unknown_threshold=0.0)
 
@@ -105,3 +109,71 @@ def test_calibration_json_round_trips_and_missing_means_identity(tmp_path):
 def test_bad_calibration_values_are_refused(bad):
     with pytest.raises(InvalidInputError):
         Calibration.from_dict(bad)
+
+
+def test_a_calibration_json_from_before_the_ray_distance_keeps_its_cosine_threshold(tmp_path):
+    # Prepare: calibration.json as releases with the cosine score wrote it (no feature_metric)
+    old = {"temperature": 0.56, "unknown_threshold": 0.0, "fitted_on": 294,
+           "method": "temperature-lbfgs+features-q0.025-correct", "feature_threshold": 0.76,
+           "conformal": {"0.9": 0.4}, "conformal_coverage": {"0.9": 0.95}}
+    (tmp_path / "calibration.json").write_text(json.dumps(old))
+    # Execute
+    cal = load_calibration(tmp_path)
+    # Assert: read as a similarity, unknown *below* its threshold
+    assert cal.feature_metric == COSINE and cal.uses_features
+    probs = np.full((3, 2), 0.5)
+    assert list(cal.is_unknown(probs, np.array([0.5, 0.75, 0.9]))) == [True, True, False]
+
+
+def test_a_ray_distance_threshold_flags_the_far_side_and_none_means_no_feature_flag():
+    cal = Calibration(feature_threshold=2.0, feature_metric=RAY_DISTANCE, fitted_on=50)
+    probs = np.full((3, 2), 0.5)
+    assert list(cal.is_unknown(probs, np.array([0.5, 2.0, 3.5]))) == [False, False, True]
+    assert not Calibration().is_unknown(probs, np.array([0.5, 2.0, 3.5])).any()  # no feature threshold fitted
+    with pytest.raises(InvalidInputError, match="feature_metric"):
+        Calibration(feature_metric="euclid")
+    with pytest.raises(InvalidInputError, match="bad field"):
+        Calibration.from_dict({"temperature": 1.0, "unknown_threshold": 0.0, "feature_metric": "euclid"})
+
+
+def _far_and_near(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Projected features of 3 classes along the axes of 4 dimensions, scattered by 0.5, and their labels."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    r = 4.0 * np.eye(4)[y] + rng.normal(0, 0.5, (n, 4))
+    return r, y, class_directions(np.eye(4)[:3])
+
+
+def test_the_ray_distance_threshold_flags_the_feature_quantile_of_correct_validation_images():
+    # Prepare
+    r, y, directions = _far_and_near(2000)
+    logits = 8.0 * (r / np.linalg.norm(r, axis=1, keepdims=True)) @ directions.T
+    scores = ray_distance(r, directions)
+    # Execute
+    cal = fit_calibration(logits, y, feature_scores=scores, feature_metric=RAY_DISTANCE)
+    # Assert
+    correct = cal.probabilities(logits).argmax(1) == y
+    assert cal.feature_metric == RAY_DISTANCE and cal.unknown_threshold == 0.0
+    assert cal.method == f"temperature-lbfgs+ray-distance-q{FEATURE_QUANTILE:g}-correct"
+    assert cal.far_from_catalog(scores[correct]).mean() == pytest.approx(FEATURE_QUANTILE, abs=0.005)
+    # an image of a fourth design, along the axis no class holds, is far from every class ray
+    assert cal.far_from_catalog(ray_distance(np.array([[0.0, 0.0, 0.0, 4.0]]), directions)).all()
+
+
+def test_fit_from_splits_measures_the_distance_on_the_projected_features():
+    # Prepare: a head on the unit-norm features; the projected features carry the norm the distance needs
+    r, y, directions = _far_and_near(300, seed=1)
+    head = torch.nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(8.0 * directions))
+    f = (r / np.linalg.norm(r, axis=1, keepdims=True)).astype(np.float32)
+    splits = [(f[:200], y[:200]), (f[200:200], y[200:200]), (f[200:], y[200:])]
+    projected = [r[:200], r[200:200], r[200:]]
+    # Execute
+    cal = fit_from_splits(head, splits, directions=directions, projected=projected)
+    on_unit = fit_from_splits(head, splits, directions=directions)
+    # Assert: the threshold is the distance's quantile on r, not on the unit-norm features (where it is below 1)
+    correct = cal.probabilities(head(torch.from_numpy(f)).detach().numpy()).argmax(1) == y
+    expected = np.quantile(ray_distance(r, directions)[correct], 1 - FEATURE_QUANTILE)
+    assert cal.fitted_on == 300 and cal.feature_threshold == pytest.approx(expected)
+    assert on_unit.feature_threshold < 1.0 < cal.feature_threshold

@@ -55,6 +55,18 @@ def test_features_are_unit_norm_and_the_encoder_stays_frozen():
     torch.testing.assert_close(f.norm(dim=1), torch.ones(5))
 
 
+def test_the_unit_norm_features_are_the_projected_ones_scaled():
+    enc = _encoder()
+    rng = np.random.default_rng(0)
+    enc.set_projection(rng.normal(0, 0.1, enc.raw_dim), rng.normal(0, 1.0, (enc.raw_dim, 5)))
+    x = np.random.default_rng(1).random((4, 1, 32, 32), dtype=np.float32)
+    r = enc.encode(x, projected=True)
+    f = enc.encode(x)
+    assert r.shape == f.shape == (4, 5) and enc.encode(x, raw=True).shape == (4, enc.raw_dim)
+    np.testing.assert_allclose(f, r / np.linalg.norm(r, axis=1, keepdims=True), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.linalg.norm(r, axis=1), 1.0)  # the norm the open-set distance reads
+
+
 def test_the_discriminant_projection_whitens_within_class_and_keeps_the_asked_dimension():
     # Prepare: 40 public classes in 12 raw dimensions
     rng = np.random.default_rng(0)

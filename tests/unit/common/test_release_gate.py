@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from common.conformal import coverage, prediction_set, thresholds
-from common.open_set import class_directions, feature_score
+from common.open_set import (
+    COSINE,
+    RAY_DISTANCE,
+    beyond,
+    class_directions,
+    feature_score,
+    ray_distance,
+    score,
+)
 from common.release_gate import ALPHA, judge, verdict_for
 
 
@@ -70,3 +78,25 @@ def test_feature_score_is_the_cosine_to_the_nearest_class_direction():
     directions = class_directions(np.array([[2.0, 0.0], [0.0, 3.0]]))
     scores = feature_score(np.array([[1.0, 0.0], [1.0, 1.0], [-1.0, 0.0]]), directions)
     np.testing.assert_allclose(scores, [1.0, np.sqrt(0.5), 0.0], atol=1e-12)
+
+
+def test_ray_distance_is_the_distance_to_the_nearest_class_ray():
+    directions = class_directions(np.array([[2.0, 0.0], [0.0, 3.0]]))
+    r = np.array([[5.0, 0.0], [3.0, 1.0], [1.0, 4.0], [-2.0, 0.0], [-3.0, -4.0]])
+    # on a ray: 0; beside the first ray: its offset; nearer the second: the offset from that one;
+    # pointing away from both (the rays start at the origin): the full length, 2 and 5
+    np.testing.assert_allclose(ray_distance(r, directions), [0.0, 1.0, 1.0, 2.0, 5.0], atol=1e-12)
+    # the distance keeps the scale the cosine drops: twice as far from the catalog, the same angle
+    np.testing.assert_allclose(ray_distance(2 * r[1:2], directions), [2.0])
+    np.testing.assert_allclose(feature_score(2 * r[1:2], directions), feature_score(r[1:2], directions))
+
+
+def test_each_metric_says_unknown_on_its_own_side_of_the_threshold():
+    directions = class_directions(np.eye(2))
+    r = np.array([[4.0, 0.5], [1.0, 1.0]])
+    np.testing.assert_allclose(score(r, directions, RAY_DISTANCE), ray_distance(r, directions))
+    np.testing.assert_allclose(score(r, directions, COSINE), feature_score(r, directions))
+    assert list(beyond(np.array([0.3, 0.9]), 0.5, RAY_DISTANCE)) == [False, True]  # a distance: above is unknown
+    assert list(beyond(np.array([0.3, 0.9]), 0.5, COSINE)) == [True, False]  # a similarity: below is unknown
+    with pytest.raises(ValueError, match="feature metric"):
+        score(r, directions, "euclid")

@@ -121,6 +121,20 @@ def test_model_card_holds(release, needle):
     assert needle in (release / "model_card.md").read_text()
 
 
+@pytest.mark.parametrize(("cal", "flag"), [
+    (Calibration(fitted_on=30, method="m", feature_threshold=4.2, feature_metric="ray-distance"),
+     "`unknown` when its encoder features' distance to the nearest catalog class (to the class's ray in the "
+     "encoder's public whitened space) is above 4.200"),
+    (Calibration(fitted_on=30, method="m", feature_threshold=0.76),  # a release calibrated on the cosine
+     "`unknown` when its encoder features' similarity to the nearest catalog class is below 0.760"),
+    (Calibration(unknown_threshold=0.41, fitted_on=18, method="m"), "`unknown` below top probability 0.410"),
+])
+def test_model_card_names_the_unknown_flag_its_calibration_fitted(cal, flag):
+    info = {"config": RunConfig(dp=False).to_flower(), "model": "cnn", "image_size": 64, "catalog_fingerprint": "x",
+            "created": "2025-01-01T00:00:00+00:00", "implantfl_version": "0.1.0"}
+    assert flag in model_card(info, CATALOG, {}, calibration=cal)
+
+
 def test_model_card_without_privacy_or_metrics_says_so():
     info = {"config": RunConfig(dp=False).to_flower(), "model": "cnn", "image_size": 64, "catalog_fingerprint": "x",
             "created": "2025-01-01T00:00:00+00:00", "implantfl_version": "0.1.0"}
