@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", default="implant-cnn", choices=ARCHS, help="backbone (implant-cnn is trained here)")
     p.add_argument("--weights", type=Path, help="resnet*/densenet*: a state dict the consortium already has")
     p.add_argument("--seed", type=int, default=0, help="rendering and training seed (a seed gives the same encoder)")
-    p.add_argument("--designs", type=int, default=300, help="generated: public designs")
+    p.add_argument("--designs", type=int, default=300,
+                   help="generated public designs (with meshes: added beside them; 0 = the meshes alone)")
     p.add_argument("--images-per-design", type=int,
                    help="generated and meshes: radiographs per design (default 16 generated, 60 meshes)")
     p.add_argument("--epochs", type=int, default=15, help="implant-cnn: training passes")

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,7 +54,8 @@ class PretrainOptions:
         if kind != "generated" and ":" not in self.source:
             raise ConfigError(f"--source {kind} needs a path: {kind}:PATH")
         for name in ("designs", "images_per_design", "epochs", "projection_dim", "dim"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < (0 if name == "designs" and kind == "meshes"
+                                                                          else 1):
                 raise ConfigError(f"{name.replace('_', '-')} must be at least 1")
         if self.arch in ("resnet18", "resnet50", "densenet121") and self.weights is None:
             raise ConfigError(f"--arch {self.arch} needs --weights (a state dict file the consortium has)")
@@ -176,6 +177,28 @@ def mesh_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages
     return PublicImages(data.x, data.y, None, source, excludes, timing)
 
 
+def with_generated(opts: PretrainOptions, params: PreprocessParams) -> PublicImages:
+    """The meshes' renders together with the generated public designs (``--designs``; 0: the meshes alone).
+
+    The meshes teach the encoder the catalog's own shapes as a physical simulator shows them;
+    the many generated designs, whose parameters are known, teach it what sets designs apart
+    in general (on 14 meshes alone the encoder learns the designs' ids only, and its features
+    carry less to new radiographs: see the README's CAD section).
+    """
+    meshes = mesh_images(opts, params)
+    if opts.designs == 0:
+        return meshes
+    generated = generated_images(replace(opts, source="generated", images_per_design=None), params)
+    n = int(generated.y.max()) + 1
+    rows = np.full((int(meshes.y.max()) + 1, generated.parameters.shape[1]), np.nan, np.float32)
+    source = {**meshes.source, "generated": generated.source}
+    timing = {k: round(meshes.timing.get(k, 0.0) + generated.timing.get(k, 0.0), 1)
+              for k in {*meshes.timing, *generated.timing}}
+    return PublicImages(np.concatenate([generated.x, meshes.x]), np.concatenate([generated.y, meshes.y + n]),
+                        np.concatenate([generated.parameters, rows]), source,
+                        f"{meshes.excludes}; and {generated.excludes}", timing)
+
+
 def dataset_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages:
     """A public set as downloaded (folder:, csv:, kaggle-hip:, mura:), linked and preprocessed (cached)."""
     from client.data.site_data import load_site
@@ -205,7 +228,7 @@ def pretrain(opts: PretrainOptions) -> EncoderCard:
     t_start = time.monotonic()
     params = PreprocessParams(image_size=opts.image_size)
     kind = opts.source.split(":", 1)[0]
-    public = (generated_images(opts, params) if kind == "generated" else mesh_images(opts, params) if kind == "meshes"
+    public = (generated_images(opts, params) if kind == "generated" else with_generated(opts, params) if kind == "meshes"
               else dataset_images(opts, params))
     if len(public.y) < 2 or len(np.unique(public.y)) < 2:
         raise ConfigError("the public source gave fewer than two usable images of two classes")
@@ -224,7 +247,10 @@ def pretrain(opts: PretrainOptions) -> EncoderCard:
             training["weights_sha256"] = hashlib.sha256(Path(opts.weights).read_bytes()).hexdigest()
     public.timing["train_s"] = round(time.monotonic() - t0, 1)
     raw = encoder.encode(public.x, raw=True, device=pick_device())
-    mean, projection, described = fit_projection(raw, public.y, dim=opts.projection_dim)
+    dim = opts.projection_dim
+    if kind == "meshes" and opts.designs == 0:  # a few catalog designs alone: every discriminant direction they have
+        dim = min(dim, max(1, len(np.unique(public.y)) - 1))
+    mean, projection, described = fit_projection(raw, public.y, dim=dim)
     encoder.set_projection(mean, projection)
     public.timing["total_s"] = round(time.monotonic() - t_start, 1)
     card = EncoderCard(

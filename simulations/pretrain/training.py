@@ -79,8 +79,9 @@ def pretrain_encoder(
     Parameters
     ----------
     parameters
-        (num_designs, P) design parameters in ``[0, 1]``, row = label; ``None`` when the
-        source has none (then the objective is the design id alone).
+        (num_designs, P) design parameters in ``[0, 1]``, row = label (a row of NaN: a design
+        whose parameters are unknown, e.g. a mesh); ``None`` when the source has none (then
+        the objective is the design id alone).
 
     Returns
     -------
@@ -115,8 +116,11 @@ def pretrain_encoder(
             logits, params = net(xb)
             loss = settings.design_weight * ce(logits, yb) if settings.design_weight > 0 or targets is None \
                 else logits.sum() * 0.0
-            if targets is not None:
-                loss = loss + settings.parameter_weight * ((params - targets.to(device)[yb]) ** 2).mean()
+            if targets is not None:  # designs without known parameters (NaN rows: meshes) add only their id
+                t = targets.to(device)[yb]
+                known = torch.isfinite(t).all(1)
+                if bool(known.any()):
+                    loss = loss + settings.parameter_weight * ((params[known] - t[known]) ** 2).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -71,15 +71,19 @@ def test_a_mesh_set_is_the_same_files_in_one_or_two_processes(meshes, tmp_path):
 def test_pretraining_on_meshes_records_every_mesh_and_reuses_its_renders(meshes, tmp_path):
     from simulations.pretrain.pipeline import PretrainOptions, pretrain
 
-    opts = PretrainOptions(out=tmp_path / "enc", source=f"meshes:{meshes}", images_per_design=4, epochs=1,
+    opts = PretrainOptions(out=tmp_path / "enc", source=f"meshes:{meshes}", images_per_design=4, epochs=1, designs=0,
                            progress=False, cache_root=tmp_path / "cache")
-    card = pretrain(opts)
+    card = pretrain(opts)  # the meshes alone
     assert card.source["kind"] == "meshes" and card.source["renderer"].startswith("gVirtualXray")
     assert {m["id"]: m["sha256"] for m in card.source["meshes"]} == {d.id: d.sha256 for d in read_mesh_folder(meshes)}
     assert card.source["images"] + card.source["rejected_by_qc"] == 12
     assert card.source["images"] >= 10  # the site pipeline finds the implant in (nearly) every render
+    assert card.projection["kind"] == "discriminant" and card.projection["dim"] == 2  # 3 designs: 2 directions
     again = pretrain(PretrainOptions(**{**opts.__dict__, "out": tmp_path / "enc2"}))
     assert again.timing["render_s"] < 1.0 and again.sha256 == card.sha256
+    both = pretrain(PretrainOptions(**{**opts.__dict__, "out": tmp_path / "enc3", "designs": 20}))  # + generated
+    assert both.source["generated"]["designs"] == 20 and both.source["images"] == card.source["images"]
+    assert both.projection["public_classes"] == 23 and both.training["designs"] == 23
 
 
 @needs_gvxr
