@@ -112,13 +112,31 @@ def run(quick: bool) -> tuple[dict[str, float], dict[str, str], dict[str, object
             figures[f"{prefix}preprocess_ms_per_image"] = round(1000 * full, 2)
             figures[f"{prefix}preprocess_over_decode_ratio"] = round(full / decode, 3)
             figures[f"{prefix}ingest_over_decode_ratio"] = round(ingest / decode, 3)
+        figures.update(_segmenters(sets[""], params, rounds, figures["preprocess_ms_per_image"],
+                                   1000 / figures["decode_images_per_s"]))
         figures.update(_parallel(folder, sets[""] + sets["rle_"], params, 2 if quick else 4))
-    units = {k: "images/s" if k.endswith("per_s") else "ms" if k.endswith("_ms_per_image") else "x" for k in figures}
+    units = {k: "images/s" if k.endswith("per_s") else "ms" if k.endswith("ms_per_image") else "x" for k in figures}
     from common.parallel import available_cores
 
     return figures, units, {"images": n, "rle_images": n_rle, "rounds": rounds, "rows": ROWS, "columns": COLS,
                             "bits": BITS, "threads": 1, "quick": quick, "image_size": params.image_size,
                             "cores": available_cores(), "parallel_files": PARALLEL_FILES}
+
+
+def _segmenters(files: list[Path], params: object, rounds: int, full_ms: float, decode_ms: float) -> dict[str, float]:
+    """The segmentation step alone, threshold vs the learned U-Net (the default one, trained on first use)."""
+    from client.data.ingest import read_image
+    from client.data.learned_segmentation import LearnedSegmenter
+    from client.data.segmentation import segment_implant
+    from simulations.segmenter_training import ensure_default_segmenter
+
+    unet = LearnedSegmenter(ensure_default_segmenter())
+    images = [read_image(f, params).image for f in files]
+    thr = float(np.mean([best_of(lambda i=i: segment_implant(i), rounds) for i in images])) * 1000
+    learned = float(np.mean([best_of(lambda i=i: unet.segment(i), rounds) for i in images])) * 1000
+    return {"segment_threshold_ms_per_image": round(thr, 2), "segment_unet_ms_per_image": round(learned, 2),
+            "segment_unet_over_threshold_ratio": round(learned / thr, 3),
+            "preprocess_with_unet_over_decode_ratio": round((full_ms - thr + learned) / decode_ms, 3)}
 
 
 PARALLEL_FILES = 32  # files in the load_site folder: the default turns to all cores from 32
