@@ -10,6 +10,11 @@ titanium of an unnamed maker. A mesh that cannot be read, is empty or is not a c
 solid is skipped with the reason (a CAD export is public, so naming the file is fine); a
 ``designs.csv`` that names an unknown material or a missing file stops before any work.
 Each design records the SHA-256 of its file, for the encoder's card.
+
+CAD tools disagree on which axis is up. A mesh is turned upright on reading
+(:func:`upright`): its longest extent becomes ``z``, the wider end (neck and head) up, the
+head medial (``-x``), the thinnest extent anteroposterior (``y``). Only quarter and half turns
+are applied, so a mesh already in that convention is read unchanged.
 """
 
 from __future__ import annotations
@@ -69,7 +74,34 @@ def _read(path: Path):
         mesh.invert()
     if mesh.volume < MIN_VOLUME_MM3:
         raise ValueError(f"volume {mesh.volume:.0f} mm3 (millimetres are expected)")
-    return mesh
+    return upright(mesh)
+
+
+def upright(mesh):
+    """The mesh in the scene's convention (see the module docstring), by axis permutation and sign flips only."""
+    v = np.asarray(mesh.vertices, np.float64)
+    extent = v.max(0) - v.min(0)
+    order = np.argsort(extent)  # thinnest, middle, longest
+    rotation = np.zeros((3, 3))
+    rotation[0, order[1]] = rotation[1, order[0]] = rotation[2, order[2]] = 1.0  # rows: new x, y, z
+    if np.linalg.det(rotation) < 0:
+        rotation[1] *= -1.0
+    p = v @ rotation.T
+    lo, hi = p[:, 2].min(), p[:, 2].max()
+    top, bottom = p[p[:, 2] > hi - 0.3 * (hi - lo)], p[p[:, 2] < lo + 0.3 * (hi - lo)]
+    if np.ptp(bottom[:, 0]) > np.ptp(top[:, 0]):  # the tip is up: half a turn about y
+        rotation = np.diag([-1.0, 1.0, -1.0]) @ rotation
+        p = v @ rotation.T
+    centre = (p[:, 0].max() + p[:, 0].min()) / 2
+    if p[np.argmax(p[:, 2]), 0] > centre:  # the head is lateral: half a turn about z
+        rotation = np.diag([-1.0, -1.0, 1.0]) @ rotation
+    if np.allclose(rotation, np.eye(3)):
+        return mesh
+    transform = np.eye(4)
+    transform[:3, :3] = rotation
+    turned = mesh.copy()
+    turned.apply_transform(transform)
+    return turned
 
 
 def _design_rows(folder: Path) -> dict[str, dict[str, str]]:

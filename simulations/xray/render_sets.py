@@ -23,7 +23,7 @@ from common.parallel import available_cores
 from simulations.xray.mesh_folder import MeshDesign
 from simulations.xray.scene import SIZE, random_exposure, render_radiograph
 
-RENDER_VERSION = 1  # bump when the scene or the exposure model changes its images
+RENDER_VERSION = 2  # bump when the scene, the exposure model or how meshes are read changes the images
 _meshes: dict[str, object] = {}  # per process: loaded meshes by file hash
 
 

@@ -96,3 +96,21 @@ def test_bad_designs_csv_or_too_few_meshes_stop_before_any_work(tmp_path):
         csv.writer(fh).writerows([("file", "material"), ("c.stl", "titanium")])
     with pytest.raises(ConfigError, match="c.stl is not in the folder"):
         read_mesh_folder(tmp_path)
+
+
+@pytest.mark.parametrize("turn", ["y-up", "upside-down", "head-lateral", "lying"])
+def test_a_mesh_exported_in_another_cad_convention_is_read_upright(tmp_path, turn):
+    from simulations.xray.mesh_folder import upright
+
+    d = design("bexmed-b1")
+    mesh = design_mesh(d)
+    assert upright(mesh) is mesh  # the catalog's own meshes are already upright: read unchanged
+    rot = trimesh.transformations.rotation_matrix
+    turned = mesh.copy()
+    turned.apply_transform({"y-up": rot(np.pi / 2, (1, 0, 0)), "upside-down": rot(np.pi, (0, 1, 0)),
+                            "head-lateral": rot(np.pi, (0, 0, 1)),
+                            "lying": rot(np.pi / 2, (0, 1, 0)) @ rot(np.pi / 2, (1, 0, 0))}[turn])
+    turned.export(tmp_path / "b1.stl")
+    design_mesh(design("auralis-a1")).export(tmp_path / "a1.stl")
+    read = {m.id: m for m in read_mesh_folder(tmp_path)}["b1"].load()
+    assert np.allclose(read.bounds, mesh.bounds, atol=1e-3)  # long axis up, head up and medial
