@@ -32,7 +32,7 @@ from common.preprocess_params import PreprocessParams
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # layout of the files
-PIPELINE_VERSION = 5  # bump when ingest / segmentation / transforms change their output
+PIPELINE_VERSION = 6  # bump when ingest / segmentation / transforms change their output
 
 
 @dataclass

@@ -9,6 +9,10 @@ isolated bright objects) are left out of that statistic, and if the best level y
 no implant-sized component the next best levels are tried. (A second Otsu on the bright
 tail, tried first, cuts into bone when the bone class is broad: 93% box hits on the
 generator's smoke federation, against 100% with the edge level.)
+Where a lower candidate level adds a large part that ends in a metal's own sharp step, that
+part is implant too: a titanium stem under a cobalt-chrome head and cup (whose edge is the
+steepest) would otherwise be lost (simulated radiographs of seed 1: IoU 0.655 -> 0.706 with
+no image worse; generated ones unchanged on 480 images, 3 of 4,800 public renders changed).
 
 After a morphological opening, bright strips along the image edges (collimation,
 unexposed borders) are removed; components that still run along an edge or are mere
@@ -38,6 +42,7 @@ MIN_LEVEL_PIXELS = 20  # edge level: ignore levels with fewer pixels (noise)
 RING_PX = 4  # width of the ring around the implant used for the edge step (working resolution)
 BORDER_RUN = 0.9  # a component touching an edge along this fraction of it is a strip, not an implant
 STRIP_MARGIN = 2  # further lines dropped next to a bright strip along an edge (its blurred rim)
+LIGHTER_STEP = 0.15  # a lighter metal's part, added from a lower level, must end in at least this step (as QC's)
 MIN_HALF_WIDTH = 2.0  # an implant part is at least this thick (distance to its outline, working pixels)
 
 
@@ -233,13 +238,15 @@ def segment_implant(img: np.ndarray | StoredImage) -> Segmentation:
     min_area = MIN_AREA_FRACTION * u8.size
     scores = level_scores(u8, t1, _small_bright(u8, t1, min_area))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))
-    for level in _candidate_levels(scores):
+    levels = _candidate_levels(scores)
+    for level in levels:
         metal = _drop_border_strips(cv2.morphologyEx((u8 > level).astype(np.uint8), cv2.MORPH_OPEN, kernel))
         found = _implant_components(metal, min_area)
         if found is not None:
             break
     else:
         return empty
+    found = _lighter_metal(work, u8, found, [t for t in levels if t < level], kernel, min_area)
     mask, others = found
     median = int(np.searchsorted(np.cumsum(hist), hist.sum() / 2)) / 255.0  # of the blurred image
     contrast = float(work[mask > 0].mean() - median)
@@ -247,6 +254,25 @@ def segment_implant(img: np.ndarray | StoredImage) -> Segmentation:
     bx, by, bw, bh = cv2.boundingRect(mask)  # of the non-zero pixels
     box = (bx * k, by * k, min(w, (bx + bw) * k), min(h, (by + bh) * k))
     return Segmentation(mask * np.uint8(255), k, (h, w), box, others, contrast, step)
+
+
+def _lighter_metal(work: np.ndarray, u8: np.ndarray, found: tuple[np.ndarray, int], lower: list[int],
+                  kernel: np.ndarray, min_area: float) -> tuple[np.ndarray, int]:
+    """The implant including parts of a lighter metal below the chosen level (a titanium stem under a
+    cobalt-chrome head and cup owns a weaker edge than they do), when a lower candidate level adds
+    a component that ends in a metal's sharp step of its own."""
+    mask = found[0]
+    for level in lower:
+        metal = _drop_border_strips(cv2.morphologyEx((u8 > level).astype(np.uint8), cv2.MORPH_OPEN, kernel))
+        wider = _implant_components(metal, min_area)
+        if wider is None or (wider[0] & mask).sum() < 0.9 * mask.sum():
+            continue
+        added = (wider[0] > 0) & (mask == 0)
+        if added.sum() < 0.5 * mask.sum():
+            continue
+        if _edge_step(work, added.astype(np.uint8)) >= LIGHTER_STEP:
+            return wider
+    return found
 
 
 def _implant_components(metal: np.ndarray, min_area: float) -> tuple[np.ndarray, int] | None:

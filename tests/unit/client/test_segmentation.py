@@ -160,3 +160,27 @@ def test_otsu_splits_two_modes():
 )
 def test_box_iou(a, b, iou):
     assert box_iou(a, b) == pytest.approx(iou)
+
+
+def test_a_titanium_stem_under_a_cobalt_chrome_head_and_cup_is_kept_with_them():
+    # Prepare: the cup and head (brightest) own the steepest edge; the stem is a lighter metal below it
+    rng = np.random.default_rng(0)
+    h, w = 420, 340
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 0.25 + 0.15 * np.exp(-((xx - w / 2) / (w / 2.5)) ** 2)
+    img[(np.abs(xx - 190) < 26) & (yy > 120)] += 0.12  # femoral cortex
+    img[(np.abs(xx - 190) < 18) & (yy > 120)] -= 0.06  # canal
+    stem, cup = np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)
+    cv2.fillPoly(stem, [np.array([[170, 120], [215, 120], [198, 380], [188, 380]], np.int32)], 1)
+    cv2.line(stem, (180, 125), (140, 95), 1, 9)
+    cv2.circle(cup, (132, 88), 22, 1, -1)
+    cv2.ellipse(cup, (132, 88), (36, 36), 200, 0, 180, 1, 7)
+    img = np.where(cup > 0, 1.0, np.where(stem > 0, 0.70, img))
+    img = np.clip(cv2.GaussianBlur(img.astype(np.float32), (0, 0), 1.2) + rng.normal(0, 0.01, (h, w)), 0, 1)
+    truth = (stem > 0) | (cup > 0)
+    # Execute
+    seg = segment_implant(img.astype(np.float32))
+    # Assert: stem, head and cup are one implant (the threshold at the cup's edge alone kept 14% of it)
+    mask = seg.mask > 0
+    assert (mask & truth).sum() / (mask | truth).sum() > 0.9
+    assert check_segmentation(seg) is None
