@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -180,7 +179,3 @@ def ensure_default_segmenter(cache_root: Path | None = None) -> Path:
         train_segmenter(partial, cache_root=cache_root)
         partial.rename(root)
     return root
-
-
-def describe(card: dict) -> str:
-    return json.dumps({k: card[k] for k in ("sha256", "training")}, indent=None)

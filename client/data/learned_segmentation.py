@@ -20,7 +20,12 @@ from typing import Any
 import cv2
 import numpy as np
 
-from client.data.segmentation import MIN_AREA_FRACTION, RING_PX, Segmentation, _implant_components
+from client.data.segmentation import (
+    MIN_AREA_FRACTION,
+    Segmentation,
+    _edge_step,
+    _implant_components,
+)
 from client.data.stored_image import StoredImage, as_array
 from common.errors import ConfigError
 
@@ -96,9 +101,7 @@ class LearnedSegmenter:
             return Segmentation(np.zeros((1, 1), np.uint8), 1, (h, w), None, 0, 0.0, 0.0)
         mask, others = found
         contrast = float(work[mask > 0].mean() - np.median(work))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RING_PX + 1, 2 * RING_PX + 1))
-        ring = (cv2.dilate(mask, kernel) > 0) & (mask == 0)
-        step = float(work[mask > 0].mean() - work[ring].mean()) if ring.any() else 0.0
+        step = _edge_step(work, mask)
         bx, by, bw, bh = cv2.boundingRect(mask)
         box = (bx * k, by * k, min(w, (bx + bw) * k), min(h, (by + bh) * k))
         return Segmentation(mask * np.uint8(255), k, (h, w), box, others, contrast, step)

@@ -170,8 +170,7 @@ def mesh_images(opts: PretrainOptions, params: PreprocessParams) -> PublicImages
     source = {"kind": "meshes", "designs": len(designs), "images_per_design": opts.per_design,
               "images": int(len(data.y)), "rejected_by_qc": int(sum(data.report.rejected.values())), "seed": opts.seed,
               "renderer": renderer_version(),
-              "meshes": [{"id": d.id, "file": d.path.name, "material": d.material, "manufacturer": d.manufacturer,
-                          "sha256": d.sha256} for d in designs]}
+              "meshes": [d.record() for d in designs]}
     excludes = ("every consortium patient image: renders of the meshes (manufacturers' CAD) only; the designs "
                 "are the catalog's own, so the encoder knows their shapes, not any site's radiographs")
     return PublicImages(data.x, data.y, None, source, excludes, timing)

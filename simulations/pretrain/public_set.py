@@ -15,12 +15,11 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from common.parallel import available_cores
+from common.parallel import available_cores, ordered_map
 from simulations.pretrain.designs import PARAMETER_NAMES, design_vector
 from simulations.synth.acquisition import PROFILES, random_style
 from simulations.synth.catalog_spec import StemDesign, build_catalog
@@ -69,19 +68,7 @@ def write_public_set(out: Path, designs: Sequence[StemDesign], *, images_per_des
     build_catalog(tuple(designs)).save(out / "catalog.json")
     jobs = [(d, seed, j, k, str(out)) for j, d in enumerate(designs) for k in range(images_per_design)]
     n_workers = max(1, min(workers or available_cores(), len(jobs)))
-    if n_workers == 1:
-        results = []
-        for job in jobs:
-            results.append(_render_one(job))
-            if advance:
-                advance()
-    else:
-        with ProcessPoolExecutor(max_workers=n_workers) as pool:
-            results = []
-            for res in pool.map(_render_one, jobs, chunksize=8):
-                results.append(res)
-                if advance:
-                    advance()
+    results = ordered_map(_render_one, jobs, n_workers, advance=advance)
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, lineterminator="\n").writerows(
             [("file", "label"), *((img, job[0].id) for (img, _), job in zip(results, jobs, strict=True))])

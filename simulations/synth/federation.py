@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from common.parallel import default_workers
+from common.parallel import default_workers, ordered_map
 from simulations.synth.catalog_spec import StemDesign, build_catalog
 from simulations.synth.planning import SitePlan, plan_sites, preset_designs
 from simulations.synth.presets import SynthPreset, get_preset
@@ -84,25 +84,12 @@ def _write_job(job: tuple[Path, SitePlan, StemDesign, SynthPreset, int, int, int
 def _write_images(jobs: list[tuple[Path, SitePlan, StemDesign, SynthPreset, int, int, int]], workers: int,
                   advance: Callable[[], None]) -> list[tuple[str, tuple[Any, ...]]]:
     """Every image of every site, in job order; each image depends only on its own job (seeded per image)."""
-    if workers == 1:
-        out = []
-        for job in jobs:
-            out.append(_write_job(job))
-            advance()
-        return out
-    from concurrent.futures import ProcessPoolExecutor
-
-    out = []
     context = None
-    if not all(isinstance(job[2], StemDesign) for job in jobs):  # meshes: fresh processes (OpenGL and fork hang)
+    if workers > 1 and not all(isinstance(job[2], StemDesign) for job in jobs):  # meshes: fresh processes
         from simulations.xray.render_sets import spawn_context
 
         context = spawn_context()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        for res in pool.map(_write_job, jobs, chunksize=8):
-            out.append(res)
-            advance()
-    return out
+    return ordered_map(_write_job, jobs, workers, advance=advance, context=context)
 
 
 def _finish_site(root: Path, plan: SitePlan, written: list[tuple[str, tuple[Any, ...]]]) -> dict[str, int]:

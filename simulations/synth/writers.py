@@ -43,8 +43,10 @@ class DicomIdentity:
 
 
 def write_png(path: Path, img: np.ndarray, *, bits: int) -> None:
-    """Write ``img`` (float in ``[0, 1]``, high = dense) as an 8- or 16-bit grayscale PNG."""
-    data = np.round(img * 65535).astype(np.uint16) if bits == 16 else np.round(img * 255).astype(np.uint8)
+    """Write ``img`` (float in ``[0, 1]``, high = dense) as a grayscale PNG: 8-bit, or 16-bit holding
+    ``bits`` (9-16) significant bits, as many PACS exports write 10-14-bit detectors."""
+    data = (np.round(img * 255).astype(np.uint8) if bits == 8
+            else np.round(img * ((1 << bits) - 1)).astype(np.uint16))
     ok, buf = cv2.imencode(".png", data)
     if not ok:
         raise OSError("PNG encoding failed")

@@ -39,8 +39,7 @@ def mesh_federation(spec: SynthPreset, folder: Path) -> tuple[SynthPreset, tuple
     key = folder_key(list(designs))
     extra = {"meshes": {"designs": len(designs), "key": key, "renderer": renderer_version(),
                         "render_version": RENDER_VERSION,
-                        "files": [{"id": d.id, "file": d.path.name, "material": d.material, "sha256": d.sha256}
-                                  for d in designs]}}
+                        "files": [d.record() for d in designs]}}
     return spec, designs, mesh_catalog(designs, f"meshes-{key}"), extra
 
 

@@ -56,8 +56,13 @@ class MeshDesign:
     sha256: str
 
     def load(self):
-        """The mesh (trimesh, mm), outward-wound."""
+        """The mesh (trimesh, mm), outward-wound and upright."""
         return _read(self.path)
+
+    def record(self) -> dict[str, str]:
+        """What a card or a federation records of the design."""
+        return {"id": self.id, "file": self.path.name, "material": self.material, "manufacturer": self.manufacturer,
+                "sha256": self.sha256}
 
 
 def _read(path: Path):

@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from common.catalog import Catalog, ImplantClass
-from common.parallel import available_cores
+from common.parallel import available_cores, ordered_map
+from simulations.synth.writers import write_mask, write_png
 from simulations.xray.mesh_folder import MeshDesign
 from simulations.xray.scene import SIZE, random_exposure, render_radiograph
 
@@ -40,24 +39,13 @@ def loaded(design: MeshDesign):
     return _meshes[design.sha256]
 
 
-def write_image_png(path: Path, image: np.ndarray, *, bits: int) -> None:
-    """``image`` in [0, 1] as an 8-bit PNG, or a 16-bit PNG holding ``bits`` significant bits."""
-    data = (np.round(image * 255).astype(np.uint8) if bits == 8
-            else np.round(image * ((1 << bits) - 1)).astype(np.uint16))
-    ok, buf = cv2.imencode(".png", data)
-    if not ok:
-        raise OSError("PNG encoding failed")
-    path.write_bytes(buf.tobytes())
-
-
 def _render_one(job: tuple[MeshDesign, int, int, int, str, tuple[int, int]]) -> tuple[str, str, tuple[int, ...]]:
     design, seed, j, k, root, size = job
     rng = np.random.default_rng([seed, j, k, 17])
     shot = render_radiograph(loaded(design), design.material, rng, random_exposure(rng, size))
     stem = f"m{j:03d}_{k:04d}"
-    write_image_png(Path(root) / "images" / f"{stem}.png", shot.image, bits=12 if k % 2 == 0 else 8)
-    ok, buf = cv2.imencode(".png", shot.mask)
-    (Path(root) / "masks" / f"{stem}.png").write_bytes(buf.tobytes())
+    write_png(Path(root) / "images" / f"{stem}.png", shot.image, bits=12 if k % 2 == 0 else 8)
+    write_mask(Path(root) / "masks" / f"{stem}.png", shot.mask)
     return f"images/{stem}.png", f"masks/{stem}.png", shot.box
 
 
@@ -71,18 +59,7 @@ def write_mesh_set(out: Path, designs: Sequence[MeshDesign], *, images_per_desig
     mesh_catalog(designs, "meshes").save(out / "catalog.json")
     jobs = [(d, seed, j, k, str(out), size) for j, d in enumerate(designs) for k in range(images_per_design)]
     n_workers = max(1, min(workers or available_cores(), len(jobs)))
-    results = []
-    if n_workers == 1:
-        for job in jobs:
-            results.append(_render_one(job))
-            if advance:
-                advance()
-    else:
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=spawn_context()) as pool:
-            for res in pool.map(_render_one, jobs, chunksize=4):
-                results.append(res)
-                if advance:
-                    advance()
+    results = ordered_map(_render_one, jobs, n_workers, chunksize=4, advance=advance, context=spawn_context())
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
         csv.writer(fh, lineterminator="\n").writerows(
             [("file", "label"), *((img, job[0].id) for (img, _, _), job in zip(results, jobs, strict=True))])
@@ -92,7 +69,7 @@ def write_mesh_set(out: Path, designs: Sequence[MeshDesign], *, images_per_desig
     (out / "render_set.json").write_text(json.dumps(
         {"renderer": renderer_version(), "render_version": RENDER_VERSION, "designs": len(designs),
          "images_per_design": images_per_design, "seed": seed, "images": len(jobs),
-         "meshes": [{"id": d.id, "file": d.path.name, "material": d.material, "sha256": d.sha256} for d in designs]},
+         "meshes": [d.record() for d in designs]},
         indent=2) + "\n", encoding="utf-8")
     return out
 
